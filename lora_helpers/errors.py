@@ -1,0 +1,40 @@
+"""Errors raised by lora_helpers on bad input.
+
+Every message says what was found, what was expected and how to fix it.
+"""
+
+
+class AdapterError(Exception):
+    """Base of every error this package raises on bad input."""
+
+
+class BaseModelError(AdapterError):
+    """The base model cannot be loaded (unknown preset, missing package, no GPU, gated repo)."""
+
+
+class AdapterNotFoundError(AdapterError):
+    """An adapter folder, file, Hub repo or loaded name does not exist."""
+
+
+class AdapterFileError(AdapterError):
+    """An adapter file exists but is unreadable (truncated, corrupt, pickle without opt-in)."""
+
+
+class BaseMismatchError(AdapterError):
+    """An adapter was trained for another base model (names or tensor shapes disagree)."""
+
+
+class AdapterExistsError(AdapterError):
+    """A name or folder is already taken and replace/overwrite was not asked for."""
+
+
+class PromptError(AdapterError, ValueError):
+    """A prompt is empty, not a string, or longer than the context window."""
+
+
+class MergeError(AdapterError):
+    """Merging or combining adapters failed, or the merged model does not match the adapter."""
+
+
+class StorageError(AdapterError):
+    """Saving or fetching an adapter (session, Drive, Hub) failed."""
