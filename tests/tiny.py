@@ -1,0 +1,50 @@
+"""A tiny random Mistral and an offline tokenizer for fast unit tests."""
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "Return the answer as JSON with fields name and age.",
+    "Верни JSON со схемой: имя, возраст, город.",
+    "Write a Python function that reverses a string, fix the bug in this code.",
+    "Напиши код на Python, который считает сумму списка.",
+    "My order did not arrive, please help. Hello, sorry for the trouble.",
+    "Здравствуйте, не могу войти в аккаунт, помогите пожалуйста.",
+    "def add(a: int, b: int) -> int: return a + b  # {\"key\": [1, 2, 3]}",
+]
+SPECIAL = ["<pad>", "<|im_start|>", "<|im_end|>"]
+
+
+def make_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tk.train_from_iterator(CORPUS, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>",
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def make_model(tok: PreTrainedTokenizerFast, seed: int = 0, **overrides) -> MistralForCausalLM:
+    torch.manual_seed(seed)
+    cfg = dict(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+    )
+    cfg.update(overrides)
+    model = MistralForCausalLM(MistralConfig(**cfg)).eval()
+    model.name_or_path = model.config._name_or_path = "tests/tiny-mistral"
+    return model
