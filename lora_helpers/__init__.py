@@ -1,0 +1,9 @@
+"""lora_helpers: one base LLM, interchangeable LoRA adapters ("сменные насадки").
+
+The public API lives here and nowhere else; see DESIGN.md.
+"""
+from .errors import (
+    AdapterError, AdapterExistsError, AdapterFileError, AdapterNotFoundError, BaseMismatchError,
+    BaseModelError, MergeError, PromptError, StorageError,
+)
+# -- module exports (one line per module) --
