@@ -7,3 +7,5 @@ from .errors import (
     BaseModelError, MergeError, PromptError, StorageError,
 )
 # -- module exports (one line per module) --
+from .base import PRESETS, cache_dir, in_colab, load_base, pick_device, setup
+from .generate import generate, route_and_generate

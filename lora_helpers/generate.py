@@ -1,0 +1,133 @@
+"""Text generation: one prompt, a batch, a mixed-adapter batch, and routed generation."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from .errors import AdapterError, PromptError
+
+BASE = "base"           # our name for "no adapter"
+PEFT_BASE = "__base__"  # PEFT's name for it in ``adapter_names``
+
+
+def check_prompt(text) -> str:
+    """Return ``text`` if it is a non-blank string, else raise PromptError."""
+    if not isinstance(text, str):
+        raise PromptError(f"A prompt must be a string, got {type(text).__name__}: {text!r}.")
+    if not text.strip():
+        raise PromptError("The prompt is empty or only whitespace: type a question or an instruction.")
+    return text
+
+
+def chat_text(tokenizer, prompt: str, system: str | None = None) -> str:
+    """The prompt wrapped in the tokenizer's chat template, ready for the assistant's reply."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def context_window(model) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompt_or_prompts, adapter=None, max_new_tokens: int = 128,
+             system: str | None = None, **kw):
+    """Generate a reply (greedy by default) and return only the new text.
+
+    ``prompt_or_prompts``: a string -> a string; a list of strings -> a list (one left-padded batch).
+    ``adapter``: None = the active adapter; a name (or "base") = that adapter for this call only;
+    a list with one name per prompt = one mixed-adapter batch (PEFT's ``adapter_names``).
+    Extra keyword arguments go to ``model.generate`` (e.g. ``do_sample=True, temperature=0.7``).
+    """
+    single = isinstance(prompt_or_prompts, str)
+    prompts = [prompt_or_prompts] if single else prompt_or_prompts
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise PromptError(f"Expected a prompt string or a non-empty list of them, got {prompt_or_prompts!r}.")
+    texts = [chat_text(tokenizer, check_prompt(p), system) for p in prompts]
+
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    limit = context_window(model)
+    if limit and enc["input_ids"].shape[1] + max_new_tokens > limit:
+        longest = int(enc["attention_mask"].sum(1).max())
+        raise PromptError(f"The prompt has {longest} tokens; with max_new_tokens={max_new_tokens} that exceeds "
+                          f"the model's context window of {limit} tokens. Shorten the prompt or lower "
+                          "max_new_tokens.")
+    options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    if not kw.get("do_sample"):  # silence "temperature is set but do_sample=False" from presets
+        options.update(temperature=None, top_p=None, top_k=None)
+    options.update(kw)
+
+    if isinstance(adapter, (list, tuple)):
+        if len(adapter) != len(prompts):
+            raise AdapterError(f"adapter= has {len(adapter)} names for {len(prompts)} prompts; give one per prompt.")
+        names = set(adapter)
+        if len(names) == 1:
+            adapter = adapter[0]
+        else:
+            _require_adapters(model, names)
+            options["adapter_names"] = [PEFT_BASE if a == BASE else a for a in adapter]
+            adapter = None
+    with _using(model, adapter):
+        out = model.generate(**enc, **options)
+    replies = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    replies = [r.strip() for r in replies]
+    return replies[0] if single else replies
+
+
+def _require_adapters(model, names) -> None:
+    loaded = set(getattr(model, "peft_config", {}) or {})
+    missing = sorted(n for n in names if n != BASE and n not in loaded)
+    if missing:
+        raise AdapterError(f"Adapter(s) {missing} are not loaded; loaded: {sorted(loaded) or 'none'}. "
+                           "Load them with lh.load_adapters(model, {name: source}).")
+
+
+@contextmanager
+def _using(model, adapter):
+    """Run with ``adapter`` active, then restore the previous one."""
+    if adapter is None:
+        yield
+        return
+    if not hasattr(model, "peft_config"):
+        if adapter == BASE:
+            yield
+            return
+        raise AdapterError(f"adapter={adapter!r} was given but the model has no adapters loaded. "
+                           "Load them with lh.load_adapters(model, {name: source}).")
+    from .adapters import active_adapter, switch
+
+    _require_adapters(model, {adapter})
+    before = active_adapter(model)
+    switch(model, adapter)
+    try:
+        yield
+    finally:
+        switch(model, before)
+
+
+def route_and_generate(model, tokenizer, prompts, router, max_new_tokens: int = 128, fallback: str = BASE, **kw):
+    """Route each prompt with ``router`` and answer all of them in one mixed-adapter batch.
+
+    Returns a list of ``(adapter, reply)``. A route naming an adapter that is not loaded falls back to
+    ``fallback`` ("base" by default) with a warning, so a router never breaks generation.
+    """
+    import warnings
+
+    single = isinstance(prompts, str)
+    prompts = [prompts] if single else list(prompts)
+    loaded = set(getattr(model, "peft_config", {}) or {})
+    routes = []
+    for p in prompts:
+        name = router.route(check_prompt(p))
+        if name != BASE and name not in loaded:
+            warnings.warn(f"The router chose {name!r}, which is not loaded (loaded: {sorted(loaded)}); "
+                          f"answering with {fallback!r} instead.")
+            name = fallback
+        routes.append(name)
+    replies = generate(model, tokenizer, prompts, adapter=routes, max_new_tokens=max_new_tokens, **kw)
+    pairs = list(zip(routes, replies))
+    return pairs[0] if single else pairs
