@@ -193,7 +193,7 @@ def _load_folder(folder: Path, device: str, dtype):
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or "auto").to(device)
         tok = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError, RuntimeError) as e:
+    except Exception as e:  # safetensors, json and config errors have no common base
         if folder.parent == cache_dir():  # a damaged cache is rebuilt, not a crash
             warnings.warn(f"The cached base in {folder} could not be loaded ({e}); rebuilding it.")
             shutil.rmtree(folder, ignore_errors=True)
