@@ -9,3 +9,5 @@ from .errors import (
 # -- module exports (one line per module) --
 from .base import PRESETS, cache_dir, in_colab, load_base, pick_device, setup
 from .generate import generate, route_and_generate
+from .adapters import DEMO_ADAPTERS, active_adapter, list_adapters, load_adapters, switch
+from .storage import resolve_adapter, save_adapter

@@ -1,0 +1,383 @@
+"""Adapters on one base: load by name (checked against the base first), list them, switch fast.
+
+``"base"`` is the name of "no adapter": ``switch(model, "base")`` runs the plain base model.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+
+from torch import nn
+
+from .errors import AdapterError, AdapterExistsError, AdapterFileError, AdapterNotFoundError, BaseMismatchError
+from .storage import AdapterFiles, inspect_adapter, resolve_adapter
+
+BASE = "base"
+DEMO_ADAPTERS = {n: Path(__file__).resolve().parent.parent / "adapters" / f"lora_{n}"
+                 for n in ("json", "coding", "support")}
+_LORA_KEY = re.compile(r"^(.+?)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(\.|$)")
+_QUANT_TAGS = ("-bnb-4bit", "-bnb-8bit", "-4bit", "-8bit", "-gguf", "-awq", "-gptq", "-fp16", "-bf16")
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()    # model -> (configs, layers, aux)
+_SOURCES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {name: folder}
+
+
+def _peft():
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+    return PeftModel, BaseTunerLayer, AuxiliaryTrainingWrapper
+
+
+def _is_peft(model) -> bool:
+    return isinstance(model, _peft()[0])
+
+
+def _state(model):
+    """(configs, tuner layers, auxiliary wrappers) of a PeftModel, cached until an adapter is added or removed."""
+    cfgs = model.peft_config
+    c = _CACHE.get(model)
+    if c is None or len(c[0]) != len(cfgs) or any(c[0].get(k) is not v for k, v in cfgs.items()):
+        _, layer_cls, aux_cls = _peft()
+        mods = list(model.modules())
+        c = _CACHE[model] = (dict(cfgs), [m for m in mods if isinstance(m, layer_cls)],
+                             [m for m in mods if isinstance(m, aux_cls)])
+    return c
+
+
+def _apply(model, name: str) -> None:
+    """Make ``name`` (or "base") the running adapter, writing straight into each cached LoRA layer."""
+    _, layers, aux = _state(model)
+    if name == BASE:
+        for m in layers:
+            m.__dict__["_disable_adapters"] = True
+        for m in aux:
+            m.enable_adapters(False)
+        model.__dict__["_adapters_disabled"] = True
+        return
+    if any(m.__dict__.get("merged_adapters") for m in layers):
+        model.set_adapter(name, inference_mode=True)  # PEFT unmerges first (with its warning)
+    for m in layers:
+        d = m.__dict__
+        d["_active_adapter"] = [name]
+        d["_disable_adapters"] = False
+    for m in aux:
+        chosen = m.check_set_adapter(name)
+        m.set_adapter(chosen if chosen in m._adapters else [], inference_mode=True)
+        m.enable_adapters(True)
+    model.__dict__["active_adapter"] = name
+    model.base_model.__dict__["active_adapter"] = name
+    model.__dict__["_adapters_disabled"] = False
+
+
+def switch(model, name: str) -> None:
+    """Run ``name`` from now on; ``"base"`` runs the base without adapters.
+
+    Same active adapter, layer state and logits as PEFT's ``set_adapter(name)``, without walking every
+    module. Adapter weights stay frozen (like ``set_adapter(name, inference_mode=True)``): to train, use
+    PEFT's ``set_adapter``.
+    """
+    if not _is_peft(model):
+        if name == BASE:
+            return
+        raise AdapterNotFoundError(f"Cannot switch to {name!r}: the model has no adapters loaded. "
+                                   "Load them first: model = lh.load_adapters(model, {name: source}).")
+    if name != BASE and name not in model.peft_config:
+        raise AdapterNotFoundError(f"No adapter named {name!r} is loaded; loaded: {', '.join(model.peft_config)} "
+                                   "(or 'base' for none). Check the spelling or load it with lh.load_adapters.")
+    _apply(model, name)
+
+
+def active_adapter(model) -> str:
+    """The adapter that runs now, or "base" when none does (a list if PEFT activated several)."""
+    if not _is_peft(model):
+        return BASE
+    _, layers, _ = _state(model)
+    if model.__dict__.get("_adapters_disabled") or (layers and layers[0].disable_adapters):
+        return BASE
+    active = model.active_adapter
+    if isinstance(active, (list, tuple)):
+        return BASE if not active else active[0] if len(active) == 1 else list(active)
+    return active
+
+
+def _base_name(model) -> str | None:
+    return getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+
+
+def _base_key(name: str) -> str:
+    key = str(name).rstrip("/").split("/")[-1].lower()
+    for tag in _QUANT_TAGS:
+        key = key.removesuffix(tag)
+    return key
+
+
+def _in_out(module):
+    try:
+        from peft.tuners.tuners_utils import _get_in_out_features
+        in_f, out_f = _get_in_out_features(module)
+    except Exception:
+        in_f = out_f = None
+    return (in_f or getattr(module, "in_features", None), out_f or getattr(module, "out_features", None))
+
+
+def _expected(module, kind, key, shape):
+    """The shape ``key`` must have to fit ``module``, or None when it cannot be told."""
+    inner = module.get_base_layer() if hasattr(module, "get_base_layer") else getattr(module, "original_module", module)
+    if kind is None:
+        param = getattr(inner, key.rsplit(".", 1)[-1], None)
+        return tuple(param.shape) if param is not None and hasattr(param, "shape") else None
+    in_f, out_f = _in_out(inner)
+    if in_f is None or (kind.endswith(("A", "B")) and len(shape) != 2):
+        return None
+    if kind in ("lora_A", "lora_embedding_A"):
+        return (shape[0], in_f)
+    if kind == "lora_magnitude_vector" or key.endswith(".bias"):
+        return (out_f,)
+    return (out_f, shape[1])
+
+
+def check_compatible(model, files: AdapterFiles, name: str = "adapter", check_base: bool = True) -> None:
+    """Raise BaseMismatchError unless the adapter in ``files`` fits ``model`` (names, modules, shapes)."""
+    base = model.get_base_model() if _is_peft(model) else model
+    modules = dict(base.named_modules())
+    theirs, ours = files.config.get("base_model_name_or_path"), _base_name(base)
+    bases = f"adapter {name!r} was trained on {theirs or 'an unnamed base'!r}, this model is {ours or 'unnamed'!r}"
+    fix = f"Load it on its own base, or retrain it on this one (folder: '{files.folder}')."
+    targets = files.config.get("target_modules")
+    if isinstance(targets, list):
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in modules)]
+        if missing:
+            raise BaseMismatchError(f"{bases}: its target module(s) {missing} do not exist in this model. {fix}")
+    for key, shape in files.shapes.items():
+        bare = key.removeprefix("base_model.model.")
+        m = _LORA_KEY.match(bare)
+        path, kind = (m.group(1), m.group(2)) if m else (bare.rsplit(".", 1)[0], None)
+        if path not in modules:
+            raise BaseMismatchError(f"{bases}: tensor '{key}' targets module '{path}', which this model does "
+                                    f"not have. {fix}")
+        want = _expected(modules[path], kind, key, shape)
+        if want is not None and tuple(want) != tuple(shape):
+            raise BaseMismatchError(f"{bases}: tensor '{key}' has shape {list(shape)} but module '{path}' needs "
+                                    f"{list(want)}. {fix}")
+    if check_base and theirs and ours and _base_key(theirs) != _base_key(ours):
+        raise BaseMismatchError(f"{bases}. The shapes fit, but weights tuned for another base make "
+                                f"set_adapter change nothing useful. {fix} If both names are the same weights "
+                                "(e.g. a quantized copy), pass check_base=False.")
+
+
+def _zero_effect(files: AdapterFiles) -> bool:
+    """True when every lora_B tensor is all zeros (an untrained adapter: it will not change the model)."""
+    keys = [k for k in files.shapes if ".lora_B" in k or ".lora_embedding_B" in k]
+    if not keys or files.weights.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+    with safe_open(str(files.weights), framework="pt") as f:
+        return all(not f.get_tensor(k).any() for k in keys)
+
+
+class _Snapshot:
+    """Enough of a model's state to undo a failed load exactly."""
+
+    def __init__(self, model, replaced):
+        self.peft = model if _is_peft(model) else None
+        self.base = model.get_base_model() if self.peft else model
+        self.modules = list(self.base.modules())  # strong references keep the ids unique
+        self.ids = {id(m) for m in self.modules}
+        self.grads = {n: p.requires_grad for n, p in self.base.named_parameters()}
+        self.training = {n: m.training for n, m in self.base.named_modules()}
+        self.had_cfg = "peft_config" in self.base.__dict__
+        self.tp = getattr(getattr(self.base, "config", None), "pretraining_tp", None)
+        self.active = active_adapter(model)
+        if self.peft is not None:
+            from peft import get_peft_model_state_dict
+            self.cfgs = dict(model.peft_config)
+            self.top = (model.active_adapter, model.base_model.active_adapter, model._adapters_disabled)
+            self.layers = [(m, m._active_adapter if isinstance(m._active_adapter, str) else list(m._active_adapter),
+                            m._disable_adapters) for m in model.modules() if isinstance(m, _peft()[1])]
+            self.backups = {n: (self.cfgs[n], get_peft_model_state_dict(model, adapter_name=n)) for n in replaced}
+
+    def _drop(self, name):
+        p = self.peft
+        try:
+            p.delete_adapter(name)
+        except Exception:
+            pass
+        p.peft_config.pop(name, None)
+        for m in p.modules():
+            if isinstance(m, _peft()[1]):
+                for attr in (*m.adapter_layer_names, *m.other_param_names):
+                    d = getattr(m, attr, None)
+                    if hasattr(d, "keys") and name in d:
+                        del d[name]
+
+    def restore(self):
+        p, base = self.peft, self.base
+        if p is not None:
+            for n, c in list(p.peft_config.items()):
+                if self.cfgs.get(n) is not c:
+                    self._drop(n)
+        for parent in list(base.modules()):  # unwrap layers injected since the snapshot
+            for cname, child in list(parent._modules.items()):
+                if isinstance(child, _peft()[1]) and id(child) not in self.ids:
+                    parent._modules[cname] = child.get_base_layer()
+        if p is None:
+            if not self.had_cfg:
+                base.__dict__.pop("peft_config", None)
+        else:
+            from peft import set_peft_model_state_dict
+            for n, (cfg, sd) in self.backups.items():
+                if n not in p.peft_config:
+                    p.add_adapter(n, cfg)
+                    set_peft_model_state_dict(p, sd, adapter_name=n)
+            order = {k: p.peft_config[k] for k in self.cfgs}
+            p.peft_config.clear()
+            p.peft_config.update(order)
+            for m, a, d in self.layers:
+                m.__dict__["_active_adapter"], m.__dict__["_disable_adapters"] = a, d
+            p.__dict__["active_adapter"], p.base_model.__dict__["active_adapter"] = self.top[:2]
+            p.__dict__["_adapters_disabled"] = self.top[2]
+        for n, prm in base.named_parameters():
+            prm.requires_grad_(self.grads.get(n, prm.requires_grad))
+        for n, m in base.named_modules():
+            m.training = self.training.get(n, m.training)
+        if self.tp is not None:
+            base.config.pretraining_tp = self.tp
+
+
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not name or "." in name or name == BASE or name in "lora_":
+        raise AdapterError(f"{name!r} cannot name an adapter: use a non-empty string without dots, not part of "
+                           f"'lora_' (PEFT would mix it up with its weight names), and not {BASE!r} (that name "
+                           "means 'no adapter'). Example: 'json'.")
+
+
+def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, check_base: bool = True,
+                  allow_pickle: bool = False):
+    """Load ``{name: source}`` into the model and return the PeftModel.
+
+    A plain base gets the first adapter with ``PeftModel.from_pretrained`` and the rest with ``load_adapter``.
+    Sources: a folder, "hub:owner/repo[/sub][@rev]", "drive:path", "session:name". Every adapter is checked
+    against the base before any weights load; if anything fails, the model is left exactly as it was.
+    """
+    if not isinstance(adapters, Mapping) or not adapters:
+        raise AdapterError(f"load_adapters needs a dict {{name: source}}, got {type(adapters).__name__}. "
+                           "Example: lh.load_adapters(model, {'json': 'session:lora_json'}) or lh.DEMO_ADAPTERS.")
+    model, is_peft = model_or_base, _is_peft(model_or_base)
+    loaded = list(model.peft_config) if is_peft else []
+    plans = []
+    for name, source in adapters.items():
+        _check_name(name)
+        if name in loaded and not replace:
+            raise AdapterExistsError(f"An adapter named {name!r} is already loaded (loaded: {', '.join(loaded)}). "
+                                     "Pick another name, or pass replace=True to load the new one over it.")
+        files = inspect_adapter(resolve_adapter(source), allow_pickle=allow_pickle)
+        check_compatible(model, files, name, check_base)
+        plans.append((name, files))
+    snap = _Snapshot(model, [n for n, _ in plans if n in loaded])
+    try:
+        for name, files in plans:
+            if not _is_peft(model):
+                from peft import PeftModel
+                model = PeftModel.from_pretrained(model, str(files.folder), adapter_name=name, is_trainable=False)
+            else:
+                if name in model.peft_config:
+                    model.delete_adapter(name)
+                model.load_adapter(str(files.folder), adapter_name=name, is_trainable=False)
+    except Exception as e:
+        snap.restore()
+        _CACHE.pop(model, None)
+        _CACHE.pop(snap.base, None)
+        if isinstance(e, AdapterError):
+            raise
+        raise AdapterFileError(f"Loading adapter {name!r} from '{files.folder}' failed inside PEFT "
+                               f"({type(e).__name__}: {e}). The model was left as it was; check that the folder "
+                               "holds a complete adapter saved by PEFT.") from e
+    before = snap.active if is_peft else None
+    _apply(model, before if before == BASE or before in model.peft_config else plans[0][0])
+    _SOURCES.setdefault(model, {}).update({n: f.weights for n, f in plans})
+    for name, files in plans:
+        if _zero_effect(files):
+            warnings.warn(f"Adapter {name!r} has all lora_B weights equal to zero, so it will not change the "
+                          "model: switching to it gives the same answers as the base. It was never trained (or "
+                          "was created with add_adapter); train it, or load the trained folder.", stacklevel=2)
+    return model
+
+
+_SHA: dict = {}
+
+
+def _sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA[key] = h.hexdigest()
+    return _SHA[key]
+
+
+def _size(n) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+class AdapterTable(list):
+    """One dict per loaded adapter; prints as a table (text or HTML in a notebook)."""
+    columns = ("name", "active", "base", "rank", "alpha", "target_modules", "size_bytes", "sha256", "note")
+    headers = ("name", "active", "base", "rank", "alpha", "target modules", "size on disk", "sha256", "note")
+    running = BASE
+
+    def _cells(self):
+        fmt = {"active": lambda v: "yes" if v else "", "size_bytes": _size, "sha256": lambda v: v or "-"}
+        return [[fmt.get(c, str)(r[c]) for c in self.columns] for r in self]
+
+    def __repr__(self):
+        if not self:
+            return "No adapters loaded: the base model runs alone."
+        rows = [list(self.headers)] + self._cells()
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self.headers))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines + [f"running: {self.running}"])
+
+    def _repr_html_(self):
+        import html
+        if not self:
+            return f"<p>{html.escape(repr(self))}</p>"
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self._cells())
+        return (f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+                f"<p>running: <b>{html.escape(str(self.running))}</b></p>")
+
+
+def list_adapters(model) -> AdapterTable:
+    """Describe every loaded adapter: name, base, rank, alpha, target modules, size, sha256, active."""
+    table = AdapterTable()
+    if not _is_peft(model):
+        return table
+    table.running = active_adapter(model)
+    cfgs, layers, _ = _state(model)
+    sources = _SOURCES.get(model, {})
+    for name, cfg in cfgs.items():
+        weights = sources.get(name)
+        weights = weights if weights is not None and weights.is_file() else None
+        targets = cfg.target_modules
+        bs = [m.lora_B[name].weight for m in layers if name in getattr(m, "lora_B", {})]
+        table.append(dict(
+            name=name, active=table.running == name, base=cfg.base_model_name_or_path or "-",
+            rank=cfg.r, alpha=cfg.lora_alpha,
+            target_modules=",".join(sorted(targets)) if isinstance(targets, (set, list, tuple)) else str(targets),
+            size_bytes=weights.stat().st_size if weights else None,
+            sha256=_sha256(weights)[:12] if weights else None,
+            note="lora_B = 0: no effect" if bs and not any(b.any() for b in bs) else ""))
+    return table

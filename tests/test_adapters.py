@@ -1,0 +1,436 @@
+"""load_adapters / switch / active_adapter / list_adapters on the tiny random Mistral."""
+import hashlib
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+import lora_helpers as lh
+import tiny
+from lora_helpers import adapters as A
+from lora_helpers.errors import (
+    AdapterError, AdapterExistsError, AdapterFileError, AdapterNotFoundError, BaseMismatchError)
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls on a busy 2-core machine are ~50x faster without OpenMP threads fighting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+X = torch.tensor([[5, 17, 42, 8, 99, 3], [7, 7, 120, 64, 1, 2]])
+
+
+def make_adapter(folder, tok, targets, seed, r=4, zero=False, name_or_path=None, **model_kw):
+    """Save a PEFT LoRA adapter (non-zero lora_B unless zero=True) for the tiny model to ``folder``."""
+    base = tiny.make_model(tok, **model_kw)
+    if name_or_path:
+        base.name_or_path = base.config._name_or_path = name_or_path
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=zero)
+    get_peft_model(base, cfg).save_pretrained(str(folder))
+    return Path(folder)
+
+
+@pytest.fixture(scope="module")
+def ads(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("adapters")
+    t = tiny_tokenizer
+    return {
+        "json": make_adapter(root / "json", t, ["q_proj", "v_proj"], 1),
+        "coding": make_adapter(root / "coding", t, ["q_proj", "o_proj", "gate_proj"], 2),
+        "support": make_adapter(root / "support", t, ["down_proj", "k_proj"], 3, r=2),
+        "zero": make_adapter(root / "zero", t, ["q_proj"], 4, zero=True),
+        "wide": make_adapter(root / "wide", t, ["q_proj"], 5, name_or_path="other/wide-mistral",
+                             hidden_size=48, num_attention_heads=4),
+        "renamed": make_adapter(root / "renamed", t, ["q_proj"], 6, name_or_path="someone/another-base"),
+    }
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(X).logits.clone()
+
+
+def fingerprint(model):
+    return (list(model.state_dict().keys()), A.active_adapter(model), logits(model),
+            {n: p.requires_grad for n, p in model.named_parameters()})
+
+
+def assert_same(model, before):
+    keys, active, out, grads = fingerprint(model)
+    assert keys == before[0]
+    assert active == before[1]
+    assert torch.equal(out, before[2])
+    assert grads == before[3]
+
+
+def peft_reference(tok, ads, names):
+    """The same adapters loaded with plain PEFT calls."""
+    ref = PeftModel.from_pretrained(tiny.make_model(tok), str(ads[names[0]]), adapter_name=names[0])
+    for n in names[1:]:
+        ref.load_adapter(str(ads[n]), adapter_name=n)
+    return ref
+
+
+@pytest.fixture
+def loaded(tiny_model, ads):
+    return lh.load_adapters(tiny_model, {"json": ads["json"], "coding": str(ads["coding"])})
+
+
+def layer_states(model):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    return [(n, m.active_adapters, m.disable_adapters) for n, m in model.named_modules()
+            if isinstance(m, BaseTunerLayer)]
+
+
+# ---------------------------------------------------------------- load
+
+def test_load_into_plain_base_matches_plain_peft(tiny_model, tiny_tokenizer, ads):
+    plain = logits(tiny_model)
+    model = lh.load_adapters(tiny_model, {"json": ads["json"], "coding": ads["coding"]})
+    ref = peft_reference(tiny_tokenizer, ads, ["json", "coding"])
+    assert isinstance(model, PeftModel)
+    assert list(model.peft_config) == ["json", "coding"]
+    assert model.active_adapter == "json" and lh.active_adapter(model) == "json"
+    assert torch.equal(logits(model), logits(ref))
+    assert not torch.allclose(logits(model), plain)
+    ref.set_adapter("coding")
+    lh.switch(model, "coding")
+    assert torch.equal(logits(model), logits(ref))
+    assert all(not p.requires_grad for p in model.parameters())
+
+
+def test_load_into_peft_model_keeps_active(loaded, ads, tiny_tokenizer):
+    lh.switch(loaded, "coding")
+    out = lh.load_adapters(loaded, {"support": ads["support"]})
+    assert out is loaded
+    assert list(loaded.peft_config) == ["json", "coding", "support"]
+    assert lh.active_adapter(loaded) == "coding"
+    ref = peft_reference(tiny_tokenizer, ads, ["json", "coding", "support"])
+    for name in ("support", "json", "coding"):
+        ref.set_adapter(name)
+        lh.switch(loaded, name)
+        assert torch.equal(logits(loaded), logits(ref)), name
+
+
+def test_load_keeps_base_mode(loaded, ads, tiny_tokenizer):
+    lh.switch(loaded, "base")
+    plain = logits(tiny.make_model(tiny_tokenizer))
+    lh.load_adapters(loaded, {"support": ads["support"]})  # c wraps new modules: they must be off too
+    assert lh.active_adapter(loaded) == "base"
+    assert torch.equal(logits(loaded), plain)
+
+
+# ---------------------------------------------------------------- switch
+
+def test_switch_matches_set_adapter(loaded, tiny_model, ads, tiny_tokenizer):
+    ref = peft_reference(tiny_tokenizer, ads, ["json", "coding"])
+    for name in ("coding", "json", "coding", "coding", "json"):
+        ref.set_adapter(name)
+        lh.switch(loaded, name)
+        assert loaded.active_adapter == ref.active_adapter == name
+        assert loaded.base_model.active_adapter == ref.base_model.active_adapter
+        assert layer_states(loaded) == layer_states(ref)
+        assert torch.equal(logits(loaded), logits(ref))
+        assert loaded.get_model_status().active_adapters == ref.get_model_status().active_adapters
+    # adapter weights stay frozen, like set_adapter(name, inference_mode=True)
+    ref.set_adapter("json", inference_mode=True)
+    assert ({n: p.requires_grad for n, p in loaded.named_parameters()}
+            == {n: p.requires_grad for n, p in ref.named_parameters()})
+
+
+def test_switch_base_runs_plain_model(loaded, tiny_tokenizer):
+    plain = logits(tiny.make_model(tiny_tokenizer))
+    with_a = logits(loaded)
+    lh.switch(loaded, "base")
+    assert lh.active_adapter(loaded) == "base"
+    assert torch.equal(logits(loaded), plain)
+    assert loaded.get_model_status().enabled is False
+    assert not loaded.has_active_enabled_adapter
+    lh.switch(loaded, "json")
+    assert lh.active_adapter(loaded) == "json"
+    assert loaded.get_model_status().enabled is True
+    assert torch.equal(logits(loaded), with_a)
+
+
+def test_active_adapter_follows_peft_calls(loaded):
+    loaded.set_adapter("coding")
+    assert lh.active_adapter(loaded) == "coding"
+    with loaded.disable_adapter():
+        assert lh.active_adapter(loaded) == "base"
+    assert lh.active_adapter(loaded) == "coding"
+    loaded.base_model.disable_adapter_layers()
+    assert lh.active_adapter(loaded) == "base"
+
+
+def test_peft_calls_still_work_after_switch(loaded, ads, tiny_tokenizer):
+    ref = peft_reference(tiny_tokenizer, ads, ["json", "coding"])
+    lh.switch(loaded, "base")
+    lh.switch(loaded, "coding")
+    loaded.set_adapter("json")  # PEFT's own switch after ours
+    ref.set_adapter("json")
+    assert torch.equal(logits(loaded), logits(ref))
+    # mixed batch: row 0 with a, row 1 with b, equals the single-adapter rows
+    lh.switch(loaded, "json")
+    with torch.no_grad():
+        mixed = loaded(X, adapter_names=["json", "coding"]).logits
+    lh.switch(loaded, "coding")
+    assert torch.allclose(mixed[1], logits(loaded)[1], atol=1e-6)
+    lh.switch(loaded, "json")
+    assert torch.allclose(mixed[0], logits(loaded)[0], atol=1e-6)
+    gen = loaded.generate(input_ids=X[:1], max_new_tokens=3, do_sample=False, adapter_names=["coding"],
+                          pad_token_id=tiny_tokenizer.pad_token_id)
+    lh.switch(loaded, "coding")
+    assert torch.equal(gen, loaded.generate(input_ids=X[:1], max_new_tokens=3, do_sample=False,
+                                            pad_token_id=tiny_tokenizer.pad_token_id))
+    # add_weighted_adapter and merge/unmerge keep working
+    loaded.add_weighted_adapter(["json", "coding"], [0.5, 0.5], "mix", combination_type="linear")
+    lh.switch(loaded, "mix")
+    ref.add_weighted_adapter(["json", "coding"], [0.5, 0.5], "mix", combination_type="linear")
+    ref.set_adapter("mix")
+    assert torch.equal(logits(loaded), logits(ref))
+    before = logits(loaded)
+    loaded.merge_adapter()
+    assert torch.allclose(logits(loaded), before, atol=1e-5)
+    with pytest.warns(UserWarning, match="merged"):
+        lh.switch(loaded, "json")  # PEFT unmerges first, as set_adapter does
+    ref.set_adapter("json")
+    assert torch.allclose(logits(loaded), logits(ref), atol=1e-5)
+
+
+def test_switch_cache_follows_added_and_deleted_adapters(loaded, ads, tiny_tokenizer):
+    lh.switch(loaded, "coding")  # builds the cache
+    loaded.load_adapter(str(ads["support"]), adapter_name="support")  # plain PEFT, new wrapped modules
+    lh.switch(loaded, "support")
+    ref = peft_reference(tiny_tokenizer, ads, ["json", "coding", "support"])
+    ref.set_adapter("support")
+    assert torch.equal(logits(loaded), logits(ref))
+    assert layer_states(loaded) == layer_states(ref)
+    loaded.delete_adapter("support")
+    with pytest.raises(AdapterNotFoundError):
+        lh.switch(loaded, "support")
+    # same name, last position, different modules: the cache must still be rebuilt
+    loaded.delete_adapter("coding")
+    loaded.load_adapter(str(ads["support"]), adapter_name="coding")
+    lh.switch(loaded, "coding")
+    assert torch.equal(logits(loaded), logits(ref))
+
+
+def test_switch_unknown_name(loaded):
+    before = fingerprint(loaded)
+    with pytest.raises(AdapterError, match=r"'nope'.*loaded: json, coding"):
+        lh.switch(loaded, "nope")
+    assert_same(loaded, before)
+
+
+def test_switch_on_plain_model(tiny_model):
+    lh.switch(tiny_model, "base")
+    assert lh.active_adapter(tiny_model) == "base"
+    with pytest.raises(AdapterNotFoundError, match="no adapters loaded"):
+        lh.switch(tiny_model, "json")
+
+
+# ---------------------------------------------------------------- bad input leaves the model intact
+
+def corrupt(tmp_path, ads, how):
+    d = tmp_path / how
+    shutil.copytree(ads["json"], d)
+    w = d / "adapter_model.safetensors"
+    data = w.read_bytes()
+    if how == "truncated":
+        w.write_bytes(data[: len(data) - 100])
+    elif how == "garbage":
+        w.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!" + data[24:])
+    elif how == "tiny":
+        w.write_bytes(b"abc")
+    elif how == "badjson":
+        (d / "adapter_config.json").write_text("{broken")
+    elif how == "noweights":
+        w.unlink()
+    elif how == "noconfig":
+        (d / "adapter_config.json").unlink()
+    elif how == "pickle":
+        from safetensors.torch import load_file
+        torch.save(load_file(w), d / "adapter_model.bin")
+        w.unlink()
+    elif how == "badtarget":
+        cfg = json.loads((d / "adapter_config.json").read_text())
+        cfg["target_modules"] = ["q_proj", "c_attn"]
+        (d / "adapter_config.json").write_text(json.dumps(cfg))
+    return d
+
+
+@pytest.mark.parametrize("how, error, words", [
+    ("missing", AdapterNotFoundError, "No adapter folder"),
+    ("noconfig", AdapterNotFoundError, "adapter_config.json"),
+    ("noweights", AdapterNotFoundError, "weights are missing"),
+    ("truncated", AdapterFileError, "truncated"),
+    ("garbage", AdapterFileError, "corrupt"),
+    ("tiny", AdapterFileError, "too short"),
+    ("badjson", AdapterFileError, "not valid JSON"),
+    ("pickle", AdapterFileError, "allow_pickle=True"),
+    ("badtarget", BaseMismatchError, "c_attn"),
+])
+@pytest.mark.parametrize("start", ["plain", "peft"])
+def test_bad_adapter_leaves_model_intact(tmp_path, tiny_model, ads, how, error, words, start):
+    model = tiny_model if start == "plain" else lh.load_adapters(tiny_model, {"coding": ads["coding"]})
+    source = tmp_path / "nowhere" if how == "missing" else corrupt(tmp_path, ads, how)
+    before = fingerprint(model)
+    with pytest.raises(error, match=words):
+        lh.load_adapters(model, {"support": ads["support"], "x": source})  # c is fine, but nothing may load
+    assert_same(model, before)
+    assert not isinstance(model, PeftModel) or list(model.peft_config) == ["coding"]
+
+
+def test_pickle_allowed_on_request(tmp_path, tiny_model, ads, tiny_tokenizer):
+    model = lh.load_adapters(tiny_model, {"json": corrupt(tmp_path, ads, "pickle")}, allow_pickle=True)
+    assert torch.equal(logits(model), logits(peft_reference(tiny_tokenizer, ads, ["json"])))
+
+
+def test_other_base_shapes(tiny_model, ads):
+    before = fingerprint(tiny_model)
+    with pytest.raises(BaseMismatchError) as e:
+        lh.load_adapters(tiny_model, {"wide": ads["wide"]})
+    msg = str(e.value)
+    assert "other/wide-mistral" in msg and "tests/tiny-mistral" in msg
+    assert "q_proj.lora_A.weight" in msg and "[4, 48]" in msg and "[4, 32]" in msg
+    assert_same(tiny_model, before)
+
+
+def test_other_base_name(tiny_model, ads):
+    before = fingerprint(tiny_model)
+    with pytest.raises(BaseMismatchError, match="someone/another-base.*tests/tiny-mistral"):
+        lh.load_adapters(tiny_model, {"renamed": ads["renamed"]})
+    assert_same(tiny_model, before)
+    model = lh.load_adapters(tiny_model, {"renamed": ads["renamed"]}, check_base=False)
+    assert lh.active_adapter(model) == "renamed"
+
+
+def test_base_name_tolerates_quantized_copies():
+    assert A._base_key("mistralai/Mistral-7B-Instruct-v0.3") == A._base_key(
+        "unsloth/mistral-7b-instruct-v0.3-bnb-4bit")
+    assert A._base_key("HuggingFaceTB/SmolLM2-135M-Instruct") != A._base_key("HuggingFaceTB/SmolLM2-135M")
+
+
+def test_duplicate_name_and_replace(loaded, ads, tiny_tokenizer):
+    before = fingerprint(loaded)
+    with pytest.raises(AdapterExistsError, match="replace=True"):
+        lh.load_adapters(loaded, {"json": ads["support"]})
+    assert_same(loaded, before)
+    lh.load_adapters(loaded, {"json": ads["support"]}, replace=True)
+    assert lh.active_adapter(loaded) == "json"
+    ref = peft_reference(tiny_tokenizer, ads, ["support"])
+    assert torch.equal(logits(loaded), logits(ref))
+
+
+@pytest.mark.parametrize("bad", ["base", "", "my.adapter", 3, "ra"])
+def test_bad_names(tiny_model, ads, bad):
+    with pytest.raises(AdapterError, match="cannot name an adapter"):
+        lh.load_adapters(tiny_model, {bad: ads["json"]})
+    assert not hasattr(tiny_model, "peft_config")
+
+
+@pytest.mark.parametrize("bad", [None, {}, "adapters/lora_json", [("json", "x")]])
+def test_bad_mapping(tiny_model, bad):
+    with pytest.raises(AdapterError, match=r"dict \{name: source\}"):
+        lh.load_adapters(tiny_model, bad)
+
+
+@pytest.fixture
+def peft_breaks(monkeypatch):
+    """PEFT fails after injecting the layers, while loading the weights."""
+    def boom(*a, **k):
+        raise RuntimeError("disk went away")
+    monkeypatch.setattr("peft.peft_model.set_peft_model_state_dict", boom)
+
+
+def test_failure_inside_peft_on_plain_base(tiny_model, ads, peft_breaks):
+    before = fingerprint(tiny_model)
+    with pytest.raises(AdapterFileError, match="disk went away.*left as it was"):
+        lh.load_adapters(tiny_model, {"json": ads["json"]})
+    assert_same(tiny_model, before)
+    assert "peft_config" not in tiny_model.__dict__
+    assert not any("lora" in n for n, _ in tiny_model.named_modules())
+
+
+def test_failure_inside_peft_on_peft_model(loaded, ads, monkeypatch):
+    lh.switch(loaded, "coding")
+    before = fingerprint(loaded)
+    layers = layer_states(loaded)
+    monkeypatch.setattr("peft.peft_model.set_peft_model_state_dict",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk went away")))
+    with pytest.raises(AdapterFileError, match="disk went away"):
+        lh.load_adapters(loaded, {"support": ads["support"]})
+    assert_same(loaded, before)
+    assert layer_states(loaded) == layers
+    with pytest.raises(AdapterFileError):
+        lh.load_adapters(loaded, {"coding": ads["support"]}, replace=True)  # the old "coding" comes back
+    assert_same(loaded, before)
+    assert list(loaded.peft_config) == ["json", "coding"]
+    monkeypatch.undo()
+    lh.switch(loaded, "json")
+    lh.switch(loaded, "coding")
+    assert torch.equal(logits(loaded), before[2])
+
+
+# ---------------------------------------------------------------- zero-effect warning
+
+def test_zero_lora_b_warns(tiny_model, ads):
+    with pytest.warns(UserWarning, match="'zero' has all lora_B weights equal to zero.*will not change"):
+        model = lh.load_adapters(tiny_model, {"zero": ads["zero"]})
+    assert list_row(model, "zero")["note"].startswith("lora_B = 0")
+
+
+def test_trained_adapter_does_not_warn(tiny_model, ads):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lh.load_adapters(tiny_model, {"json": ads["json"]})
+    assert not [w for w in caught if "lora_B" in str(w.message)]
+
+
+# ---------------------------------------------------------------- list_adapters
+
+def list_row(model, name):
+    return next(r for r in lh.list_adapters(model) if r["name"] == name)
+
+
+def test_list_adapters(loaded, ads):
+    loaded.add_adapter("fresh", LoraConfig(r=2, target_modules=["q_proj"]))  # lora_B = 0, no file
+    lh.switch(loaded, "coding")
+    table = lh.list_adapters(loaded)
+    assert [r["name"] for r in table] == ["json", "coding", "fresh"]
+    b = table[1]
+    w = ads["coding"] / "adapter_model.safetensors"
+    assert b["active"] and not table[0]["active"]
+    assert (b["base"], b["rank"], b["alpha"]) == ("tests/tiny-mistral", 4, 8)
+    assert b["target_modules"] == "gate_proj,o_proj,q_proj"
+    assert b["size_bytes"] == w.stat().st_size
+    assert b["sha256"] == hashlib.sha256(w.read_bytes()).hexdigest()[:12]
+    assert table[0]["note"] == "" and table[2]["note"] == "lora_B = 0: no effect"
+    assert table[2]["size_bytes"] is None
+    text = repr(table)
+    assert text.splitlines()[0].split()[:3] == ["name", "active", "base"]
+    assert "gate_proj,o_proj,q_proj" in text and b["sha256"] in text and "running: coding" in text
+    html = table._repr_html_()
+    assert html.startswith("<table>") and "<td>fresh</td>" in html
+    lh.switch(loaded, "base")
+    assert not any(r["active"] for r in lh.list_adapters(loaded))
+    assert "running: base" in repr(lh.list_adapters(loaded))
+
+
+def test_list_adapters_plain_model(tiny_model):
+    table = lh.list_adapters(tiny_model)
+    assert list(table) == [] and "No adapters loaded" in repr(table)
+
+
+def test_demo_adapters_paths():
+    root = Path(lh.__file__).resolve().parent.parent / "adapters"
+    assert lh.DEMO_ADAPTERS == {"json": root / "lora_json", "coding": root / "lora_coding",
+                                "support": root / "lora_support"}
