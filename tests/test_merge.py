@@ -1,0 +1,277 @@
+import errno
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+import lora_helpers as lh
+from lora_helpers import merge as M
+
+import tiny
+
+pytestmark = pytest.mark.filterwarnings("ignore:No tokenizer given")
+IDS = torch.tensor([[5, 17, 42, 99, 7, 3, 250, 11]])
+
+
+def _lora(r=4, targets="all-linear", **kw):
+    return LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False, **kw)
+
+
+@pytest.fixture
+def two(tiny_model):
+    """The tiny model with two non-zero adapters; "json" is active."""
+    torch.manual_seed(1)
+    model = get_peft_model(tiny_model, _lora(), adapter_name="json")
+    model.add_adapter("coding", _lora(targets=["q_proj", "v_proj"]))
+    return model.eval()
+
+
+@torch.inference_mode()
+def logits(model, adapter=None, ids=IDS):
+    if adapter is None:
+        return model(input_ids=ids).logits
+    before = lh.active_adapter(model)
+    lh.switch(model, adapter)
+    try:
+        return model(input_ids=ids).logits
+    finally:
+        lh.switch(model, before)
+
+
+def plain(folder):
+    return AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+def litter(parent):
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+def test_merged_folder_is_plain_transformers_and_matches_the_adapter(two, tiny_tokenizer, tmp_path, capsys):
+    path = lh.merge_and_save(two, "coding", tmp_path / "merged", tokenizer=tiny_tokenizer)
+    assert path == tmp_path / "merged"
+    names = {p.name for p in path.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "merge_report.json"} <= names
+    assert "adapter_config.json" not in names
+    with safe_open(path / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "lora" in k or "base_layer" in k]
+    merged = plain(path)
+    assert type(merged).__name__ == "MistralForCausalLM" and not hasattr(merged, "peft_config")
+    torch.testing.assert_close(logits(merged), logits(two, "coding"), atol=1e-5, rtol=0)
+    assert (logits(merged) - logits(two, "json")).abs().max() > 1e-2  # the adapter made a difference
+    report = lh.MergeReport.read(path)
+    assert report.adapter == "coding" and report.max_abs_diff < 1e-4 and report.dtype == "float32"
+    assert 0 < report.adapter_bytes < report.merged_bytes and report.ratio > 1
+    assert "Merged 'coding'" in capsys.readouterr().out
+    assert litter(tmp_path) == []
+
+
+def test_live_model_keeps_every_adapter_unmerged_and_switchable(two, tmp_path):
+    before = {a: logits(two, a) for a in ("json", "coding", "base")}
+    active = lh.active_adapter(two)
+    lh.merge_and_save(two, "coding", tmp_path / "m", verify=True)
+    assert lh.active_adapter(two) == active == "json"
+    assert set(two.peft_config) == {"json", "coding"}
+    assert not any(m.merged for m in M._lora_layers(two.get_base_model()).values())
+    for a, expected in before.items():
+        assert torch.equal(logits(two, a), expected), a
+    assert torch.equal(logits(two), before["json"])
+
+
+def test_tokenizer_missing_warns(two, tmp_path):
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        lh.merge_and_save(two, "json", tmp_path / "m")
+
+
+def test_existing_folder_needs_overwrite_and_is_replaced(two, tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "old.txt").write_text("previous model")
+    with pytest.raises(lh.AdapterExistsError, match="overwrite=True"):
+        lh.merge_and_save(two, "json", out)
+    assert (out / "old.txt").read_text() == "previous model" and litter(tmp_path) == []
+    lh.merge_and_save(two, "json", out, overwrite=True)
+    assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
+    assert litter(tmp_path) == []
+
+
+def test_empty_folder_is_fine_and_a_file_is_refused(two, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert (lh.merge_and_save(two, "json", tmp_path / "empty") / "config.json").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(lh.AdapterExistsError, match="is a file"):
+        lh.merge_and_save(two, "json", tmp_path / "file", overwrite=True)
+
+
+def test_no_space_mid_save_keeps_the_previous_folder(two, tmp_path, monkeypatch):
+    out = tmp_path / "m"
+    lh.merge_and_save(two, "json", out)
+    previous = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 1000)  # half a file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("transformers.modeling_utils.safe_save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        lh.merge_and_save(two, "coding", out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == previous
+    assert litter(tmp_path) == []
+    assert lh.active_adapter(two) == "json"
+
+
+def test_mismatch_raises_merge_error_and_writes_nothing(two, tmp_path, monkeypatch):
+    wrong = M._adapter_logits
+    monkeypatch.setattr(M, "_adapter_logits", lambda model, name, ids: wrong(model, "json", ids))
+    with pytest.raises(lh.MergeError, match="does not match 'coding'"):
+        lh.merge_and_save(two, "coding", tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, "bf16"])
+def test_half_precision_save(two, tmp_path, dtype):
+    path = lh.merge_and_save(two, "coding", tmp_path / "m", dtype=dtype)
+    merged = plain(path)
+    expected = M._as_dtype(dtype)
+    assert merged.dtype == expected and json.loads((path / "config.json").read_text())["dtype"] == str(expected)[6:]
+    assert lh.MergeReport.read(path).max_abs_diff <= M.TOLERANCE[expected]
+    assert next(two.parameters()).dtype == torch.float32  # the live model is untouched
+
+
+def test_dora_adapter_goes_through_pefts_own_merge(tiny_model, tmp_path):
+    model = get_peft_model(tiny_model, _lora(use_dora=True), adapter_name="dora").eval()
+    path = lh.merge_and_save(model, "dora", tmp_path / "m")
+    torch.testing.assert_close(logits(plain(path)), logits(model), atol=1e-5, rtol=0)
+    assert not any(m.merged for m in M._lora_layers(model.get_base_model()).values())
+
+
+def test_bad_input(two, tiny_model, tmp_path):
+    with pytest.raises(lh.AdapterNotFoundError, match="'support'.*loaded: coding, json"):
+        lh.merge_and_save(two, "support", tmp_path / "m")
+    with pytest.raises(lh.AdapterError, match="no adapters loaded"):
+        lh.merge_and_save(tiny_model, "json", tmp_path / "m")
+    with pytest.raises(lh.AdapterError, match="nothing to merge"):
+        lh.merge_and_save(two, "base", tmp_path / "m")
+    with pytest.raises(lh.AdapterError, match="dtype"):
+        lh.merge_and_save(two, "json", tmp_path / "m", dtype="int8")
+    two.merge_adapter(["json"])
+    with pytest.raises(lh.MergeError, match="unmerge_adapter"):
+        lh.merge_and_save(two, "json", tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- quantized base
+def test_quantized_base_is_reloaded_in_half_precision_not_merged_into(two, tiny_tokenizer, tmp_path,
+                                                                         monkeypatch, capsys):
+    calls = []
+
+    def fake_reload(source, dtype, token=None):  # the same weights, unquantized
+        calls.append((source, dtype))
+        return tiny.make_model(tiny_tokenizer).to(dtype)
+
+    monkeypatch.setattr(M, "_load_float_base", fake_reload)
+    two.get_base_model().is_loaded_in_4bit = True
+    path = lh.merge_and_save(two, "coding", tmp_path / "m", tokenizer=tiny_tokenizer)
+    assert calls == [("tests/tiny-mistral", torch.float16)]  # no CUDA here: fp16
+    assert "quantized" in capsys.readouterr().out
+    report = lh.MergeReport.read(path)
+    assert report.reloaded_from_quantized and report.dtype == "float16"
+    assert report.max_abs_diff <= M.TOLERANCE[torch.float16]
+    torch.testing.assert_close(logits(plain(path).float()), logits(two, "coding"), atol=5e-2, rtol=0)
+    assert lh.active_adapter(two) == "json" and set(two.peft_config) == {"json", "coding"}
+
+
+def test_float_base_is_not_reloaded(two, tmp_path, monkeypatch):
+    monkeypatch.setattr(M, "_load_float_base", lambda *a, **k: pytest.fail("reloaded a float base"))
+    assert not M._is_quantized(two.get_base_model())
+    lh.merge_and_save(two, "json", tmp_path / "m")
+
+
+def test_quantization_detection(tiny_model):
+    assert not M._is_quantized(tiny_model)
+    tiny_model.quantization_method = "bitsandbytes"
+    assert M._is_quantized(tiny_model)
+
+
+# ----------------------------------------------------------------------------- combine_adapters
+def test_combine_linear_adds_a_switchable_adapter(two, tmp_path):
+    active, base = lh.active_adapter(two), logits(two, "base")
+    lh.combine_adapters(two, {"json": 0.5, "coding": 0.5}, "mix")
+    assert set(two.peft_config) == {"json", "coding", "mix"} and lh.active_adapter(two) == active
+    mixed = logits(two, "mix")
+    assert not torch.equal(mixed, base) and not torch.equal(mixed, logits(two, "json"))
+    lh.switch(two, "mix")
+    assert torch.equal(logits(two), mixed)
+    lh.switch(two, "json")
+    path = lh.merge_and_save(two, "mix", tmp_path / "m")
+    torch.testing.assert_close(logits(plain(path)), mixed, atol=1e-5, rtol=0)
+
+
+def test_combine_cat_is_exact_and_accepts_different_ranks(tiny_model):
+    torch.manual_seed(2)
+    model = get_peft_model(tiny_model, _lora(r=4, targets=["q_proj"]), adapter_name="json")
+    model.add_adapter("coding", _lora(r=8, targets=["q_proj"]))
+    with pytest.raises(lh.MergeError, match="same rank.*method='cat'"):
+        lh.combine_adapters(model, {"json": 1.0, "coding": 1.0}, "mix")
+    assert "mix" not in model.peft_config
+    lh.combine_adapters(model, {"json": 0.7, "coding": -0.3}, "mix", method="cat")
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
+    expected = 0.7 * layer.get_delta_weight("json") - 0.3 * layer.get_delta_weight("coding")
+    torch.testing.assert_close(layer.get_delta_weight("mix"), expected)
+    assert model.peft_config["mix"].r == 12
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_combine_ties_needs_density(two, method):
+    with pytest.raises(lh.AdapterError, match="density"):
+        lh.combine_adapters(two, {"json": 1.0, "coding": 1.0}, "mix", method=method)
+    torch.manual_seed(0)
+    lh.combine_adapters(two, {"json": 1.0, "coding": 1.0}, "mix", method=method, density=0.5)
+    assert "mix" in two.peft_config and not torch.equal(logits(two, "mix"), logits(two, "base"))
+
+
+def test_combine_bad_input(two, tiny_model):
+    with pytest.raises(lh.AdapterExistsError, match="'coding' is already loaded"):
+        lh.combine_adapters(two, {"json": 1.0}, "coding")
+    with pytest.raises(lh.AdapterNotFoundError, match="support"):
+        lh.combine_adapters(two, {"json": 1.0, "support": 1.0}, "mix")
+    with pytest.raises(lh.AdapterError, match="non-empty dict"):
+        lh.combine_adapters(two, {}, "mix")
+    with pytest.raises(lh.AdapterError, match="method="):
+        lh.combine_adapters(two, {"json": 1.0}, "mix", method="svd")
+    with pytest.raises(lh.AdapterError, match="density applies only"):
+        lh.combine_adapters(two, {"json": 1.0}, "mix", density=0.5)
+    with pytest.raises(lh.AdapterError, match="numbers"):
+        lh.combine_adapters(two, {"json": "1"}, "mix")
+    with pytest.raises(lh.AdapterError, match="PeftModel"):
+        lh.combine_adapters(tiny_model, {"json": 1.0}, "mix")
+    assert set(two.peft_config) == {"json", "coding"}
+
+
+# ----------------------------------------------------------------------------- the real base
+PROMPTS = ["Верни JSON с полями name и age для Ивана, 30 лет.",
+           "Write a Python function that checks a palindrome.", "Мой заказ не пришёл, что делать?"]
+
+
+@pytest.mark.real
+def test_embedded_merged_replies_equal_the_unmerged_adapter(embedded_fresh, tmp_path):
+    # A random non-zero LoRA on every linear layer (shipped adapters: see the closing note of issue 5).
+    model, tok = embedded_fresh
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(model, cfg, adapter_name="rand").eval()
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data *= 0.2  # changes the replies without wrecking them
+    lh.switch(peft_model, "base")
+    base_replies = lh.generate(peft_model, tok, PROMPTS, max_new_tokens=24)
+    adapter_replies = lh.generate(peft_model, tok, PROMPTS, adapter="rand", max_new_tokens=24)
+    assert adapter_replies != base_replies
+    path = lh.merge_and_save(peft_model, "rand", tmp_path / "m", tokenizer=tok)
+    merged, merged_tok = lh.load_base(str(path))
+    assert lh.generate(merged, merged_tok, PROMPTS, max_new_tokens=24) == adapter_replies
+    assert lh.active_adapter(peft_model) == "base"
+    assert lh.generate(peft_model, tok, PROMPTS, max_new_tokens=24) == base_replies
