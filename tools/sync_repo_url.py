@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GITHUB = re.compile(r"github\.com/[\w.\-]+/[\w.\-]+?(?=/blob/|\"|\)|\s|$)")
+GITHUB = re.compile(r"(github\.com/|colab\.research\.google\.com/github/)[\w\-]+/[\w\-]+")
 
 
 def repo_url() -> str:
@@ -25,7 +25,7 @@ def sync(check: bool = False) -> list[Path]:
     changed = []
     for path in targets():
         text = path.read_text()
-        new = GITHUB.sub(f"github.com/{slug}", text)
+        new = GITHUB.sub(lambda m: m.group(1) + slug, text)
         if new != text:
             changed.append(path)
             if not check:
