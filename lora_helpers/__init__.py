@@ -13,5 +13,5 @@ from .adapters import DEMO_ADAPTERS, active_adapter, list_adapters, load_adapter
 from .storage import resolve_adapter, save_adapter
 from .merge import MergeReport, combine_adapters, merge_and_save
 from .widgets import adapter_switcher, plot_sizes, show_replies
-from .demo import make_foreign_adapter
+from .demo import demo_adapters, make_foreign_adapter
 from .bench import tokens_per_second
