@@ -15,3 +15,4 @@ from .merge import MergeReport, combine_adapters, merge_and_save
 from .widgets import adapter_switcher, plot_sizes, show_replies
 from .demo import demo_adapters, make_foreign_adapter
 from .bench import tokens_per_second
+from .router import KeywordRouter, SemanticRouter, evaluate_router, make_router

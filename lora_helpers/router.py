@@ -1,0 +1,265 @@
+"""Routers: pick an adapter name ("json", "coding", "support") from the prompt text.
+
+* ``KeywordRouter`` — the cheat-sheet's rules («json», «схем» → json; «код», «bug» → coding),
+  extended with English and Russian stems; no model, microseconds per prompt.
+* ``SemanticRouter`` — a small classifier trained at construction on labelled example prompts
+  (shipped in ``lora_helpers/data/router_examples.jsonl``) over character n-grams, optionally
+  joined with the base model's own hidden states. Unsure → keyword rules → default.
+* ``evaluate_router`` — accuracy and a confusion matrix on a labelled set (by default the shipped
+  ``router_eval.jsonl``, kept apart from the examples).
+
+Bad prompts (not a ``str``, empty or whitespace) raise ``PromptError`` in every router.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from ._textfeatures import CharNgrams, SoftmaxRegression, hidden_state_features, load_labelled, normalize
+from .errors import AdapterError, PromptError
+
+# A keyword is a stem, matched at the start of a word, case-insensitively (ё = е), followed by
+# nothing or one inflectional ending: Russian case/number endings for Cyrillic stems
+# (схем → схема/схему/схемы/схемой; код → кода/коде/кодом, but not «кодекс», «промокод»),
+# -s/-es/-ed/-d/-ing for Latin ones (bug → bugs). A trailing "*" allows any continuation
+# (рефактор* → рефакторинг, рефакторить). A space matches spaces or a hyphen ("log in" → log-in).
+DEFAULT_RULES: dict[str, tuple[str, ...]] = {
+    "json": ("json", "jsonl", "схем", "schema", "yaml", "xml", "csv", "field", "пол",
+             "structured", "структурир*"),
+    "coding": ("код", "code", "coding", "bug", "баг", "debug*", "отлад*", "refactor*", "рефактор*",
+               "отрефактор*", "function", "функци", "python", "питон", "javascript", "typescript",
+               "sql", "regex", "script", "скрипт", "exception", "исключени", "compil*", "компил*",
+               "programming", "программир*", "traceback", "stack trace"),
+    "support": ("order", "refund", "password", "account", "login", "log in", "sign in", "delivery",
+                "shipping", "subscription", "invoice", "payment", "billing", "charge", "cancel*",
+                "customer", "заказ*", "возврат", "парол", "аккаунт", "логин", "войти", "зайти",
+                "вход", "доставк", "подписк", "оплат*", "списа*", "деньг", "денег", "посылк",
+                "поддержк", "счет", "отмен*"),
+}
+_RU_ENDINGS = ("а я о е у ю ы и ь й ом ем ой ей ою ею ам ям ами ями ах ях ов ев ью ия ие ий ии ию "
+               "ый ая ое ые ого его ому ему ым им ых их ую юю").split()
+_RU_TAIL = "(?:" + "|".join(sorted(_RU_ENDINGS, key=len, reverse=True)) + ")?"
+_EN_TAIL = "(?:ing|es|ed|s|d)?"
+
+
+def _keyword_pattern(keyword: str) -> re.Pattern:
+    kw = normalize(keyword)
+    stem, tail = (kw[:-1], r"\w*") if kw.endswith("*") else (
+        kw, _RU_TAIL if re.search("[а-я]$", kw) else _EN_TAIL)
+    body = r"[\s\-]+".join(re.escape(part) for part in stem.split(" "))
+    return re.compile(rf"(?<!\w){body}{tail}(?!\w)")
+
+
+def _check_text(text) -> str:
+    if not isinstance(text, str):
+        raise PromptError(f"A router needs the prompt as a str, got {type(text).__name__} ({text!r:.60}). "
+                          "Pass the prompt text, e.g. router.route('Верни JSON').")
+    if not text.strip():
+        raise PromptError(f"The prompt is empty or only whitespace ({text!r:.20}); there is nothing to route. "
+                          "Pass the user's non-empty prompt text.")
+    return text
+
+
+def _pairs(labelled) -> list[tuple[str, str]]:
+    """(text, route) pairs from ``{route: [texts]}``, dicts with "text"/"route", or (text, route) tuples."""
+    if isinstance(labelled, Mapping):
+        return [(t, r) for r, texts in labelled.items() for t in texts]
+    pairs = [(x["text"], x["route"]) if isinstance(x, Mapping) else tuple(x) for x in labelled]
+    if not pairs:
+        raise AdapterError("The labelled set is empty; expected (text, route) pairs or {route: [texts]}.")
+    return pairs
+
+
+class KeywordRouter:
+    """Route by keyword stems. The route with the most distinct matching keywords wins; a tie goes
+    to the route listed first in ``rules`` (json, coding, support — the cheat-sheet's if/elif order);
+    no match → ``default``.
+
+    ``rules``: ``{route: [keywords]}`` (see ``DEFAULT_RULES`` for the keyword syntax), replacing the
+    built-in rules when given. ``default`` may be a route without keywords (e.g. "base").
+    """
+
+    def __init__(self, rules: Mapping[str, Iterable[str]] | None = None, default: str = "support"):
+        rules = DEFAULT_RULES if rules is None else rules
+        self.rules = {r: tuple(kws) for r, kws in rules.items()}
+        if not self.rules or not all(isinstance(k, str) and k.strip() for ks in self.rules.values() for k in ks):
+            raise AdapterError(f"Keyword rules must map route names to non-empty keyword strings, got {rules!r:.200}. "
+                               "Example: {'json': ['json', 'схем'], 'coding': ['код', 'bug']}.")
+        self.default = default
+        self.routes = list(self.rules) + ([default] if default not in self.rules else [])
+        self._patterns = {r: [(k, _keyword_pattern(k)) for k in ks] for r, ks in self.rules.items()}
+
+    def matches(self, text: str) -> dict[str, list[tuple[str, str]]]:
+        """``{route: [(keyword, the word it matched), ...]}`` for every route with a match."""
+        norm = normalize(_check_text(text))
+        found = {}
+        for route, pats in self._patterns.items():
+            hits = [(k, m.group(0)) for k, p in pats if (m := p.search(norm))]
+            if hits:
+                found[route] = hits
+        return found
+
+    def _decide(self, text: str) -> tuple[str, str]:
+        found = self.matches(text)
+        if not found:
+            return self.default, f"{self.default}: no keyword matched, so the default route was used"
+        best = max(found, key=lambda r: len(found[r]))     # first route wins a tie
+        why = ", ".join(f"«{k}» (in «{w}»)" for k, w in found[best])
+        others = "; ".join(f"{r}: " + ", ".join(f"«{k}»" for k, _ in hits)
+                           for r, hits in found.items() if r != best)
+        return best, f"{best}: keyword {why}" + (f"; also matched {others}" if others else "")
+
+    def route(self, text: str) -> str:
+        """The route name for ``text``. Raises ``PromptError`` for a non-string or empty prompt."""
+        return self._decide(text)[0]
+
+    def explain(self, text: str) -> str:
+        """One line: the chosen route and the keyword(s) that decided it, or that the default was used."""
+        return self._decide(text)[1]
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{r}: {len(k)}" for r, k in self.rules.items())
+        return f"KeywordRouter({sizes} keywords; default={self.default!r})"
+
+
+class SemanticRouter:
+    """A softmax classifier trained at construction on labelled example prompts.
+
+    Features: character n-gram TF-IDF of the prompt; how many keywords of each route match
+    (scaled by ``keyword_weight``); with ``model`` and ``tokenizer`` also the model's mean-pooled
+    hidden states at ``layer`` (``None``: 80% of the depth; base weights only, a PeftModel's active
+    adapter is left alone), standardised and scaled by ``hidden_weight``.
+    ``examples``: ``{route: [texts]}``, dicts with "text"/"route", or pairs; ``None`` uses the
+    shipped EN+RU ``router_examples.jsonl``. When the top probability is below ``threshold`` (0.4,
+    the best fallback point in a 4-fold cross-validation on the examples), the keyword router
+    decides if a keyword matches, else ``default``. Zero-initialised full-batch training: deterministic.
+    """
+
+    def __init__(self, examples=None, model=None, tokenizer=None, threshold: float = 0.4,
+                 rules: Mapping[str, Iterable[str]] | None = None, default: str = "support",
+                 keyword_weight: float = 0.5, layer: int | None = None, hidden_weight: float = 1.0):
+        if (model is None) != (tokenizer is None):
+            raise AdapterError("SemanticRouter needs both model and tokenizer (or neither, for n-grams only); "
+                               f"got model={type(model).__name__}, tokenizer={type(tokenizer).__name__}.")
+        pairs = _pairs(load_labelled("router_examples") if examples is None else examples)
+        texts = [_check_text(t) for t, _ in pairs]
+        self.classes = list(dict.fromkeys(r for _, r in pairs))
+        if len(self.classes) < 2:
+            raise AdapterError(f"SemanticRouter needs examples for at least two routes, got {self.classes}.")
+        self.threshold, self.default = float(threshold), default
+        self.keyword = KeywordRouter(rules, default)
+        self.routes = self.classes + [r for r in self.keyword.routes if r not in self.classes]
+        self.model, self.tokenizer, self.layer, self.hidden_weight = model, tokenizer, layer, hidden_weight
+        self.keyword_weight = keyword_weight
+        self.ngrams = CharNgrams().fit(texts)
+        H = None
+        if model is not None:
+            H = hidden_state_features(model, tokenizer, texts, layer)
+            self._mu, self._sd = H.mean(0), H.std(0) + 1e-6
+        y = np.array([self.classes.index(r) for _, r in pairs])
+        self.clf = SoftmaxRegression().fit(self._features(texts, H), y, len(self.classes))
+
+    def _features(self, texts: list[str], H: np.ndarray | None = None) -> np.ndarray:
+        hits = [self.keyword.matches(t) for t in texts]
+        X = np.hstack([self.ngrams.transform(texts),
+                       self.keyword_weight * np.array([[len(h.get(r, ())) for r in self.classes] for h in hits])])
+        if self.model is None:
+            return X
+        if H is None:
+            H = hidden_state_features(self.model, self.tokenizer, texts, self.layer)
+        H = (H - self._mu) / self._sd
+        H /= np.maximum(np.linalg.norm(H, axis=1, keepdims=True), 1e-12)
+        return np.hstack([X, self.hidden_weight * H])
+
+    def scores(self, text: str) -> dict[str, float]:
+        """``{route: probability}`` from the classifier (sums to 1; no fallback applied)."""
+        p = self.clf.predict_proba(self._features([_check_text(text)]))[0]
+        return {r: float(v) for r, v in zip(self.classes, p)}
+
+    def _decide(self, text: str) -> tuple[str, str]:
+        s = self.scores(text)
+        best = max(s, key=s.get)
+        shown = ", ".join(f"{r} {p:.2f}" for r, p in s.items())
+        if s[best] >= self.threshold:
+            return best, f"{best}: classifier {s[best]:.2f} ≥ threshold {self.threshold:.2f} ({shown})"
+        route, why = self.keyword._decide(text)
+        return route, (f"{route}: classifier unsure, best {best} {s[best]:.2f} < threshold "
+                       f"{self.threshold:.2f} ({shown}); keyword router → {why}")
+
+    def route(self, text: str) -> str:
+        """The route name for ``text``. Raises ``PromptError`` for a non-string or empty prompt."""
+        return self._decide(text)[0]
+
+    def explain(self, text: str) -> str:
+        """One line: the route, the probabilities, and whether the keyword/default fallback decided."""
+        return self._decide(text)[1]
+
+    def __repr__(self) -> str:
+        layer = "auto" if self.layer is None else self.layer
+        feats = "char n-grams + keywords" + (f" + hidden states (layer {layer})" if self.model is not None else "")
+        return (f"SemanticRouter(routes={self.classes}, {feats}, threshold={self.threshold}, "
+                f"default={self.default!r})")
+
+
+def make_router(kind: str = "keyword", **kwargs):
+    """``make_router("keyword", rules=None, default="support")`` → ``KeywordRouter``;
+    ``make_router("semantic", model=None, tokenizer=None, examples=None, threshold=0.4, ...)`` →
+    ``SemanticRouter``."""
+    kinds = {"keyword": KeywordRouter, "semantic": SemanticRouter}
+    if kind not in kinds:
+        raise AdapterError(f"Unknown router kind {kind!r}; expected one of {sorted(kinds)}.")
+    return kinds[kind](**kwargs)
+
+
+class Confusion:
+    """A confusion matrix: ``matrix[i][j]`` counts prompts of true route ``labels[i]`` routed to
+    ``labels[j]``. ``mistakes`` lists ``(text, true, predicted)``; ``plot(ax=None)`` draws it."""
+
+    def __init__(self, labels: list[str], matrix: np.ndarray, mistakes: list[tuple[str, str, str]]):
+        self.labels, self.matrix, self.mistakes = labels, matrix, mistakes
+
+    def __repr__(self) -> str:
+        w = max(8, *(len(x) for x in self.labels)) + 1
+        head = "true \\ routed".ljust(w + 5) + "".join(x.rjust(w) for x in self.labels)
+        rows = [x.ljust(w + 5) + "".join(str(v).rjust(w) for v in row) for x, row in zip(self.labels, self.matrix)]
+        return "\n".join([head, *rows])
+
+    def plot(self, ax=None, title: str | None = None):
+        """Draw the matrix with counts in the cells; returns the matplotlib Axes."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(1.2 * len(self.labels) + 2, 1.1 * len(self.labels) + 1.5))
+        ax.imshow(self.matrix, cmap="Blues")
+        ticks = range(len(self.labels))
+        ax.set_xticks(ticks, self.labels)
+        ax.set_yticks(ticks, self.labels)
+        ax.set_xlabel("routed to")
+        ax.set_ylabel("true route")
+        top = self.matrix.max() or 1
+        for i in ticks:
+            for j in ticks:
+                v = self.matrix[i, j]
+                ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
+        if title:
+            ax.set_title(title)
+        return ax
+
+
+def evaluate_router(router, labelled=None) -> tuple[float, Confusion]:
+    """Route every labelled prompt; return ``(accuracy, Confusion)``.
+
+    ``labelled``: ``{route: [texts]}``, dicts with "text"/"route", or (text, route) pairs;
+    ``None`` uses the shipped EN+RU evaluation set ``router_eval.jsonl``.
+    """
+    pairs = _pairs(load_labelled("router_eval") if labelled is None else labelled)
+    predicted = [router.route(t) for t, _ in pairs]
+    truth = [r for _, r in pairs]
+    labels = list(dict.fromkeys([*getattr(router, "routes", []), *truth, *predicted]))
+    matrix = np.zeros((len(labels), len(labels)), dtype=int)
+    for t, p in zip(truth, predicted):
+        matrix[labels.index(t), labels.index(p)] += 1
+    mistakes = [(text, t, p) for (text, t), p in zip(pairs, predicted) if t != p]
+    return float(np.trace(matrix) / len(pairs)), Confusion(labels, matrix, mistakes)
