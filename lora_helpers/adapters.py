@@ -11,7 +11,9 @@ import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
-from torch import nn
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
+from peft.utils.other import AuxiliaryTrainingWrapper
 
 from .errors import AdapterError, AdapterExistsError, AdapterFileError, AdapterNotFoundError, BaseMismatchError
 from .storage import AdapterFiles, inspect_adapter, resolve_adapter
@@ -25,31 +27,19 @@ _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()    # model -> 
 _SOURCES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {name: folder}
 
 
-def _peft():
-    from peft import PeftModel
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils.other import AuxiliaryTrainingWrapper
-    return PeftModel, BaseTunerLayer, AuxiliaryTrainingWrapper
-
-
-def _is_peft(model) -> bool:
-    return isinstance(model, _peft()[0])
-
-
 def _state(model):
     """(configs, tuner layers, auxiliary wrappers) of a PeftModel, cached until an adapter is added or removed."""
     cfgs = model.peft_config
     c = _CACHE.get(model)
     if c is None or len(c[0]) != len(cfgs) or any(c[0].get(k) is not v for k, v in cfgs.items()):
-        _, layer_cls, aux_cls = _peft()
         mods = list(model.modules())
-        c = _CACHE[model] = (dict(cfgs), [m for m in mods if isinstance(m, layer_cls)],
-                             [m for m in mods if isinstance(m, aux_cls)])
+        c = _CACHE[model] = (dict(cfgs), [m for m in mods if isinstance(m, BaseTunerLayer)],
+                             [m for m in mods if isinstance(m, AuxiliaryTrainingWrapper)])
     return c
 
 
-def _apply(model, name: str) -> None:
-    """Make ``name`` (or "base") the running adapter, writing straight into each cached LoRA layer."""
+def _apply(model, name) -> None:
+    """Make ``name`` (or "base", or a list of names) run, writing straight into each cached LoRA layer."""
     _, layers, aux = _state(model)
     if name == BASE:
         for m in layers:
@@ -58,34 +48,37 @@ def _apply(model, name: str) -> None:
             m.enable_adapters(False)
         model.__dict__["_adapters_disabled"] = True
         return
-    if any(m.__dict__.get("merged_adapters") for m in layers):
-        model.set_adapter(name, inference_mode=True)  # PEFT unmerges first (with its warning)
+    names = [name] if isinstance(name, str) else list(name)
+    if len(names) > 1 or any(m.__dict__.get("merged_adapters") for m in layers):
+        model.base_model.set_adapter(name, inference_mode=True)  # PEFT's path: several, or unmerge first
     for m in layers:
         d = m.__dict__
-        d["_active_adapter"] = [name]
+        d["_active_adapter"] = list(names)
         d["_disable_adapters"] = False
     for m in aux:
         chosen = m.check_set_adapter(name)
         m.set_adapter(chosen if chosen in m._adapters else [], inference_mode=True)
         m.enable_adapters(True)
-    model.__dict__["active_adapter"] = name
-    model.base_model.__dict__["active_adapter"] = name
+    if isinstance(name, str):
+        model.__dict__["active_adapter"] = model.base_model.__dict__["active_adapter"] = name
     model.__dict__["_adapters_disabled"] = False
 
 
-def switch(model, name: str) -> None:
-    """Run ``name`` from now on; ``"base"`` runs the base without adapters.
+def switch(model, name) -> None:
+    """Run adapter ``name`` from now on; ``"base"`` runs the base without adapters.
 
     Same active adapter, layer state and logits as PEFT's ``set_adapter(name)``, without walking every
     module. Adapter weights stay frozen (like ``set_adapter(name, inference_mode=True)``): to train, use
-    PEFT's ``set_adapter``.
+    PEFT's ``set_adapter``. A list of names (as ``active_adapter`` may return) activates them together.
     """
-    if not _is_peft(model):
+    if not isinstance(model, PeftModel):
         if name == BASE:
             return
         raise AdapterNotFoundError(f"Cannot switch to {name!r}: the model has no adapters loaded. "
                                    "Load them first: model = lh.load_adapters(model, {name: source}).")
-    if name != BASE and name not in model.peft_config:
+    names = [name] if isinstance(name, str) else list(name) if isinstance(name, (list, tuple)) else [None]
+    unknown = [n for n in names if n != BASE and (not isinstance(n, str) or n not in model.peft_config)]
+    if unknown or not names or (BASE in names and len(names) > 1):
         raise AdapterNotFoundError(f"No adapter named {name!r} is loaded; loaded: {', '.join(model.peft_config)} "
                                    "(or 'base' for none). Check the spelling or load it with lh.load_adapters.")
     _apply(model, name)
@@ -93,15 +86,17 @@ def switch(model, name: str) -> None:
 
 def active_adapter(model) -> str:
     """The adapter that runs now, or "base" when none does (a list if PEFT activated several)."""
-    if not _is_peft(model):
+    if not isinstance(model, PeftModel) or _disabled(model):
         return BASE
-    _, layers, _ = _state(model)
-    if model.__dict__.get("_adapters_disabled") or (layers and layers[0].disable_adapters):
-        return BASE
-    active = model.active_adapter
-    if isinstance(active, (list, tuple)):
-        return BASE if not active else active[0] if len(active) == 1 else list(active)
-    return active
+    active = model.base_model.active_adapter  # PEFT's own active_adapters reads it there too
+    active = [a for a in ([active] if isinstance(active, str) else active) if a in model.peft_config]
+    return BASE if not active else active[0] if len(active) == 1 else active
+
+
+def _disabled(model) -> bool:
+    """True when the adapter layers are switched off (switch "base", PEFT's disable_adapter...)."""
+    layers = _state(model)[1]
+    return bool(model.__dict__.get("_adapters_disabled") or (layers and layers[0].disable_adapters))
 
 
 def _base_name(model) -> str | None:
@@ -117,9 +112,8 @@ def _base_key(name: str) -> str:
 
 def _in_out(module):
     try:
-        from peft.tuners.tuners_utils import _get_in_out_features
         in_f, out_f = _get_in_out_features(module)
-    except Exception:
+    except Exception:  # layer types PEFT does not know
         in_f = out_f = None
     return (in_f or getattr(module, "in_features", None), out_f or getattr(module, "out_features", None))
 
@@ -142,7 +136,7 @@ def _expected(module, kind, key, shape):
 
 def check_compatible(model, files: AdapterFiles, name: str = "adapter", check_base: bool = True) -> None:
     """Raise BaseMismatchError unless the adapter in ``files`` fits ``model`` (names, modules, shapes)."""
-    base = model.get_base_model() if _is_peft(model) else model
+    base = model.base_model.model if isinstance(model, PeftModel) else model
     modules = dict(base.named_modules())
     theirs, ours = files.config.get("base_model_name_or_path"), _base_name(base)
     bases = f"adapter {name!r} was trained on {theirs or 'an unnamed base'!r}, this model is {ours or 'unnamed'!r}"
@@ -183,8 +177,8 @@ class _Snapshot:
     """Enough of a model's state to undo a failed load exactly."""
 
     def __init__(self, model, replaced):
-        self.peft = model if _is_peft(model) else None
-        self.base = model.get_base_model() if self.peft else model
+        self.peft = model if isinstance(model, PeftModel) else None
+        self.base = model.base_model.model if self.peft else model
         self.modules = list(self.base.modules())  # strong references keep the ids unique
         self.ids = {id(m) for m in self.modules}
         self.grads = {n: p.requires_grad for n, p in self.base.named_parameters()}
@@ -192,12 +186,12 @@ class _Snapshot:
         self.had_cfg = "peft_config" in self.base.__dict__
         self.tp = getattr(getattr(self.base, "config", None), "pretraining_tp", None)
         self.active = active_adapter(model)
+        self.off = self.peft is not None and _disabled(self.peft)
         if self.peft is not None:
-            from peft import get_peft_model_state_dict
             self.cfgs = dict(model.peft_config)
             self.top = (model.active_adapter, model.base_model.active_adapter, model._adapters_disabled)
             self.layers = [(m, m._active_adapter if isinstance(m._active_adapter, str) else list(m._active_adapter),
-                            m._disable_adapters) for m in model.modules() if isinstance(m, _peft()[1])]
+                            m._disable_adapters) for m in model.modules() if isinstance(m, BaseTunerLayer)]
             self.backups = {n: (self.cfgs[n], get_peft_model_state_dict(model, adapter_name=n)) for n in replaced}
 
     def _drop(self, name):
@@ -208,7 +202,7 @@ class _Snapshot:
             pass
         p.peft_config.pop(name, None)
         for m in p.modules():
-            if isinstance(m, _peft()[1]):
+            if isinstance(m, BaseTunerLayer):
                 for attr in (*m.adapter_layer_names, *m.other_param_names):
                     d = getattr(m, attr, None)
                     if hasattr(d, "keys") and name in d:
@@ -222,13 +216,12 @@ class _Snapshot:
                     self._drop(n)
         for parent in list(base.modules()):  # unwrap layers injected since the snapshot
             for cname, child in list(parent._modules.items()):
-                if isinstance(child, _peft()[1]) and id(child) not in self.ids:
+                if isinstance(child, BaseTunerLayer) and id(child) not in self.ids:
                     parent._modules[cname] = child.get_base_layer()
         if p is None:
             if not self.had_cfg:
                 base.__dict__.pop("peft_config", None)
         else:
-            from peft import set_peft_model_state_dict
             for n, (cfg, sd) in self.backups.items():
                 if n not in p.peft_config:
                     p.add_adapter(n, cfg)
@@ -266,8 +259,8 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
     if not isinstance(adapters, Mapping) or not adapters:
         raise AdapterError(f"load_adapters needs a dict {{name: source}}, got {type(adapters).__name__}. "
                            "Example: lh.load_adapters(model, {'json': 'session:lora_json'}) or lh.DEMO_ADAPTERS.")
-    model, is_peft = model_or_base, _is_peft(model_or_base)
-    loaded = list(model.peft_config) if is_peft else []
+    model = model_or_base
+    loaded = list(model.peft_config) if isinstance(model, PeftModel) else []
     plans = []
     for name, source in adapters.items():
         _check_name(name)
@@ -280,24 +273,24 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
     snap = _Snapshot(model, [n for n, _ in plans if n in loaded])
     try:
         for name, files in plans:
-            if not _is_peft(model):
-                from peft import PeftModel
+            if not isinstance(model, PeftModel):
                 model = PeftModel.from_pretrained(model, str(files.folder), adapter_name=name, is_trainable=False)
             else:
                 if name in model.peft_config:
                     model.delete_adapter(name)
                 model.load_adapter(str(files.folder), adapter_name=name, is_trainable=False)
-    except Exception as e:
+    except BaseException as e:  # Ctrl-C included: never leave a half-loaded adapter behind
         snap.restore()
         _CACHE.pop(model, None)
-        _CACHE.pop(snap.base, None)
-        if isinstance(e, AdapterError):
+        if isinstance(e, AdapterError) or not isinstance(e, Exception):
             raise
         raise AdapterFileError(f"Loading adapter {name!r} from '{files.folder}' failed inside PEFT "
                                f"({type(e).__name__}: {e}). The model was left as it was; check that the folder "
                                "holds a complete adapter saved by PEFT.") from e
-    before = snap.active if is_peft else None
-    _apply(model, before if before == BASE or before in model.peft_config else plans[0][0])
+    if isinstance(snap.active, list):  # several active (PEFT's base_model.set_adapter([...])): keep them
+        model.base_model.set_adapter(snap.active, inference_mode=True)
+    else:  # keep what ran before; the first new adapter runs when none did
+        _apply(model, snap.active if snap.off or snap.active in model.peft_config else plans[0][0])
     _SOURCES.setdefault(model, {}).update({n: f.weights for n, f in plans})
     for name, files in plans:
         if _zero_effect(files):
@@ -363,7 +356,7 @@ class AdapterTable(list):
 def list_adapters(model) -> AdapterTable:
     """Describe every loaded adapter: name, base, rank, alpha, target modules, size, sha256, active."""
     table = AdapterTable()
-    if not _is_peft(model):
+    if not isinstance(model, PeftModel):
         return table
     table.running = active_adapter(model)
     cfgs, layers, _ = _state(model)

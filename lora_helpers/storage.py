@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .base import in_colab
 from .errors import AdapterError, AdapterFileError, AdapterNotFoundError, StorageError
 
 CONFIG_NAME = "adapter_config.json"
@@ -36,14 +37,6 @@ class AdapterFiles:
     config: dict
     weights: Path
     shapes: dict  # tensor name -> tuple shape
-
-
-def in_colab() -> bool:
-    try:
-        import google.colab  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def session_dir() -> Path:

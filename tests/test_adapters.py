@@ -230,6 +230,39 @@ def test_switch_unknown_name(loaded):
     assert_same(loaded, before)
 
 
+@pytest.mark.parametrize("bad", [3, [], ["json", "nope"], ["json", "base"]])
+def test_switch_bad_names(loaded, bad):
+    before = fingerprint(loaded)
+    with pytest.raises(AdapterNotFoundError, match="loaded: json, coding"):
+        lh.switch(loaded, bad)
+    assert_same(loaded, before)
+
+
+def test_several_active_round_trip(loaded, ads):
+    loaded.base_model.set_adapter(["json", "coding"])  # PEFT can run two at once
+    assert lh.active_adapter(loaded) == ["json", "coding"]
+    both = logits(loaded)
+    lh.switch(loaded, "json")
+    assert not torch.equal(logits(loaded), both)
+    lh.switch(loaded, ["json", "coding"])  # what a caller restores after a temporary switch
+    assert torch.equal(logits(loaded), both)
+    lh.load_adapters(loaded, {"support": ads["support"]})
+    assert lh.active_adapter(loaded) == ["json", "coding"]
+    assert torch.equal(logits(loaded), both)
+
+
+def test_first_new_adapter_runs_when_none_did(loaded, ads, tiny_tokenizer):
+    loaded.delete_adapter("json")
+    loaded.delete_adapter("coding")  # PEFT leaves no active adapter
+    assert lh.active_adapter(loaded) == "base"
+    lh.load_adapters(loaded, {"support": ads["support"]})
+    assert lh.active_adapter(loaded) == "support"
+    assert torch.equal(logits(loaded), logits(peft_reference(tiny_tokenizer, ads, ["support"])))
+    lh.load_adapters(loaded, {"support": ads["json"]}, replace=True)  # replacing the only adapter
+    assert list(loaded.peft_config) == ["support"] and lh.active_adapter(loaded) == "support"
+    assert torch.equal(logits(loaded), logits(peft_reference(tiny_tokenizer, ads, ["json"])))
+
+
 def test_switch_on_plain_model(tiny_model):
     lh.switch(tiny_model, "base")
     assert lh.active_adapter(tiny_model) == "base"

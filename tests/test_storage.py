@@ -1,5 +1,6 @@
 """save_adapter / resolve_adapter: session folder, Drive (stand-in and a fake Colab), and the Hub over HTTP."""
 import hashlib
+import importlib.machinery
 import sys
 import types
 from pathlib import Path
@@ -195,6 +196,7 @@ def fake_colab(monkeypatch, tmp_path):
     google.colab, colab.drive, colab.userdata = colab, drive, userdata
     for name, mod in [("google", google), ("google.colab", colab), ("google.colab.drive", drive),
                       ("google.colab.userdata", userdata)]:
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.setattr(storage, "COLAB_DRIVE_MOUNT", str(tmp_path / "content" / "drive"))
     return types.SimpleNamespace(mounts=mounts, secrets=secrets, root=tmp_path / "content" / "drive")
