@@ -22,8 +22,9 @@ from .errors import AdapterError, AdapterExistsError, AdapterNotFoundError, Merg
 
 REPORT_NAME = "merge_report.json"
 PROBE = "Return the user as JSON: name Anna, city Kazan. Напиши функцию на Python, которая считает сумму."
-# Default max |logits(merged) - logits(base + adapter)| by saved dtype.
-TOLERANCE = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 2.5e-1}
+# Default max |logits(merged) - logits(base + adapter)| by saved dtype: tight for fp32; for fp16/bf16 it
+# allows their rounding (SmolLM2-135M: fp16 ~0.04-0.11, bf16 ~0.3-1.1) yet catches a missing adapter.
+TOLERANCE = {torch.float32: 1e-3, torch.float16: 0.25, torch.bfloat16: 2.0}
 METHODS = ("linear", "ties", "dare_ties", "cat")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -55,7 +56,7 @@ class MergeReport:
 
     def summary(self) -> str:
         check = ("not verified" if self.max_abs_diff is None
-                 else f"max |Δlogits| {self.max_abs_diff:.1e} (tolerance {self.tolerance:.0e})")
+                 else f"max |Δlogits| {self.max_abs_diff:.1e} (tolerance {self.tolerance:g})")
         return (f"Merged '{self.adapter}' into {self.path} ({self.dtype}): {_mb(self.merged_bytes)} vs adapter "
                 f"{_mb(self.adapter_bytes)} (x{self.ratio:.0f}); {check}; {self.seconds:.1f} s")
 
@@ -90,10 +91,12 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
     try:
         start = time.perf_counter()
         if quantized:
-            plain, state, ref = _merge_from_reload(model, name, dtype, probe, token)
+            plain, state, ref = _merge_from_reload(model, name, dtype, probe if verify else None, token)
+            ref_dtype, device = dtype, "cpu"
         else:
             ref = _adapter_logits(model, name, probe) if verify else None
             plain, state = _merge_live(model, name, dtype)
+            ref_dtype, device = model.get_base_model().dtype, model.device
         _save(plain, state, tmp, dtype, max_shard_size)
         del plain, state
         gc.collect()
@@ -103,7 +106,7 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
             warnings.warn(f"No tokenizer given: {out} will hold no tokenizer files. Pass tokenizer=tok to save "
                           "one, or load the tokenizer of the base model next to it.", stacklevel=2)
         seconds = time.perf_counter() - start
-        diff, vsec = (_verify(tmp, probe, ref, "cpu" if quantized else model.device) if verify else (None, 0.0))
+        diff, vsec = _verify(tmp, probe, ref, device, ref_dtype) if verify else (None, 0.0)
         report = MergeReport(str(out), name, str(model.get_base_model().name_or_path), str(dtype).split(".")[-1],
                              diff, tolerance, _adapter_bytes(model, name),
                              sum(f.stat().st_size for f in tmp.glob("*.safetensors")), round(seconds, 3),
@@ -188,8 +191,9 @@ def _merge_live(model, name, dtype):
             if ".base_layer." not in key:
                 continue  # lora_A/lora_B/... of every adapter
             key = key.replace(".base_layer.", ".")
-        if t.is_floating_point() and t.dtype != dtype:  # keep tied tensors shared
-            t = cast.setdefault(id(t), t.to(dtype))
+        if t.is_floating_point() and t.dtype != dtype:  # cast once per storage: tied weights stay tied
+            ptr = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+            t = cast[ptr] if ptr in cast else cast.setdefault(ptr, t.to(dtype))
         state[key] = t
     with torch.no_grad():
         for n, layer in layers.items():
@@ -216,7 +220,7 @@ def _merge_from_reload(model, name, dtype, probe, token):
         raise MergeError(f"Copying '{name}' onto the reloaded base left {len(missing)} LoRA tensors unset "
                          f"(e.g. {missing[0]}): the reloaded base {source!r} does not match the adapter.")
     twin.eval()
-    ref = _adapter_logits(twin, name, probe)
+    ref = _adapter_logits(twin, name, probe) if probe is not None else None
     return twin.merge_and_unload(), None, ref
 
 
@@ -279,11 +283,12 @@ def _adapter_logits(model, name, ids) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _verify(folder: Path, ids, ref, device):
+def _verify(folder: Path, ids, ref, device, dtype):
+    """Reload ``folder`` with plain transformers at the reference's precision; (max |Δlogits|, seconds)."""
     from transformers import AutoModelForCausalLM
 
     start = time.perf_counter()
-    merged = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(device).eval()
+    merged = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     logits = merged(input_ids=ids.to(merged.device)).logits.float().cpu()
     del merged
     gc.collect()

@@ -141,6 +141,19 @@ def test_half_precision_save(two, tmp_path, dtype):
     assert next(two.parameters()).dtype == torch.float32  # the live model is untouched
 
 
+def test_tied_embeddings_stay_tied_and_large_models_are_sharded(tiny_tokenizer, tmp_path):
+    base = tiny.make_model(tiny_tokenizer, tie_word_embeddings=True)
+    model = get_peft_model(base, _lora(), adapter_name="json").eval()
+    path = lh.merge_and_save(model, "json", tmp_path / "m", dtype=torch.float16, max_shard_size="20KB")
+    shards = sorted(path.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (path / "model.safetensors.index.json").is_file()
+    keys = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys  # saved once
+    merged = plain(path)
+    assert merged.lm_head.weight.data_ptr() == merged.model.embed_tokens.weight.data_ptr()
+    assert lh.MergeReport.read(path).merged_bytes == sum(p.stat().st_size for p in shards)
+
+
 def test_dora_adapter_goes_through_pefts_own_merge(tiny_model, tmp_path):
     model = get_peft_model(tiny_model, _lora(use_dora=True), adapter_name="dora").eval()
     path = lh.merge_and_save(model, "dora", tmp_path / "m")
