@@ -61,10 +61,10 @@ def drive_dir() -> Path:
     return root
 
 
-def _relative(kind: str, rel: str) -> str:
-    rel = str(rel).strip().strip("/") if not os.path.isabs(str(rel)) else ""
-    if not rel or ".." in Path(rel).parts:
-        raise AdapterError(f"'{kind}:' needs a relative path inside the {kind} folder, got {rel!r}. "
+def _relative(kind: str, given) -> str:
+    rel = str(given).strip().strip("/")
+    if not rel or os.path.isabs(str(given).strip()) or ".." in Path(rel).parts:
+        raise AdapterError(f"'{kind}:' needs a relative path inside the {kind} folder, got {str(given)!r}. "
                            f"Example: '{kind}:lora_json'.")
     return rel
 
@@ -106,8 +106,11 @@ def _parse_hub(spec: str):
 def resolve_adapter(source) -> Path:
     """Map a source to a local folder: a folder, 'session:name', 'drive:rel/path' or
     'hub:owner/repo[/subfolder][@revision]' (downloaded with snapshot_download; the offline cache counts)."""
-    if isinstance(source, Path) or not isinstance(source, str):
-        path = Path(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise AdapterError(f"An adapter source must be a folder or a string like 'session:name', "
+                           f"'drive:path' or 'hub:owner/repo', got {type(source).__name__}.")
+    if not isinstance(source, str):
+        path = Path(source).expanduser()
     elif source.startswith("session:"):
         path = session_dir() / _relative("session", source[len("session:"):])
     elif source.startswith("drive:"):
@@ -140,12 +143,15 @@ def _download(spec: str) -> Path:
     except RevisionNotFoundError as e:
         raise AdapterNotFoundError(f"Hub repository '{repo_id}' has no revision '{revision}'. Use a branch, "
                                    "tag or commit that exists, or drop '@...' for main.") from e
-    except (LocalEntryNotFoundError, OSError) as e:
+    except LocalEntryNotFoundError as e:
         raise AdapterNotFoundError(f"Could not fetch 'hub:{spec}' and it is not in the local cache "
                                    f"({type(e).__name__}). Connect to the internet (HF_HUB_OFFLINE=0) and "
                                    "try again.") from e
-    except HfHubHTTPError as e:
+    except HfHubHTTPError as e:  # before OSError: it is one
         raise StorageError(f"The Hub refused 'hub:{spec}': {_scrub(str(e), token)}") from e
+    except OSError as e:
+        raise StorageError(f"Fetching 'hub:{spec}' failed ({type(e).__name__}: {e}). Check the connection "
+                           "and free disk space, then try again.") from e
     return Path(folder) / sub if sub else Path(folder)
 
 

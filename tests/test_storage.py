@@ -157,6 +157,8 @@ def test_resolve_sources(tmp_path, model, monkeypatch):
             lh.resolve_adapter(bad)
     with pytest.raises(AdapterError, match="hub:owner/repo"):
         lh.resolve_adapter("hub:lonely")
+    with pytest.raises(AdapterError, match="got NoneType"):
+        lh.resolve_adapter(None)
 
 
 # ---------------------------------------------------------------- drive
