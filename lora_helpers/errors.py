@@ -38,3 +38,11 @@ class MergeError(AdapterError):
 
 class StorageError(AdapterError):
     """Saving or fetching an adapter (session, Drive, Hub) failed."""
+
+
+class ServeError(AdapterError):
+    """A serving engine (vLLM) failed to start, cannot be reached, or answered with an error."""
+
+
+class AdapterNotServedError(ServeError, AdapterNotFoundError):
+    """The server does not serve an adapter (or model) of that name."""
