@@ -70,7 +70,8 @@ def generate(model, tokenizer, prompt_or_prompts, adapter=None, max_new_tokens: 
         else:
             _require_adapters(model, names)
             options["adapter_names"] = [PEFT_BASE if a == BASE else a for a in adapter]
-            adapter = None
+            # adapter_names needs the LoRA layers enabled: in "base" mode activate any named one meanwhile
+            adapter = next(a for a in adapter if a != BASE)
     with _using(model, adapter):
         out = model.generate(**enc, **options)
     replies = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -1,0 +1,55 @@
+"""Mixed-adapter batches: one pass, the same greedy replies as each prompt alone with its adapter."""
+import pytest
+from peft import LoraConfig, get_peft_model
+
+import lora_helpers as lh
+
+
+@pytest.fixture
+def three(tiny_model):
+    cfg = dict(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    model = get_peft_model(tiny_model, LoraConfig(**cfg), adapter_name="json")
+    for name in ("coding", "support"):
+        model.add_adapter(name, LoraConfig(**cfg))
+    lh.switch(model, "json")
+    return model.eval()
+
+
+PROMPTS = ["Верни JSON со схемой", "Write a Python function", "My order did not arrive", "hello", "код"]
+ADAPTERS = ["json", "coding", "support", "base", "coding"]
+
+
+@pytest.mark.parametrize("start", ["json", "base"])
+def test_mixed_batch_equals_each_prompt_alone(three, tiny_tokenizer, start):
+    lh.switch(three, start)
+    mixed = lh.generate(three, tiny_tokenizer, PROMPTS, adapter=ADAPTERS, max_new_tokens=8)
+    alone = [lh.generate(three, tiny_tokenizer, p, adapter=a, max_new_tokens=8) for p, a in zip(PROMPTS, ADAPTERS)]
+    assert mixed == alone
+    assert len(set(lh.generate(three, tiny_tokenizer, ["hello"] * 4, adapter=["json", "coding", "support", "base"],
+                               max_new_tokens=8))) > 1, "adapters must change the reply"
+    assert lh.active_adapter(three) == start
+
+
+def test_mixed_batch_bad_input(three, tiny_tokenizer):
+    with pytest.raises(lh.AdapterError, match="one per prompt"):
+        lh.generate(three, tiny_tokenizer, PROMPTS, adapter=["json"], max_new_tokens=2)
+    with pytest.raises(lh.AdapterError, match="not loaded"):
+        lh.generate(three, tiny_tokenizer, ["a", "b"], adapter=["json", "legal"], max_new_tokens=2)
+    assert lh.active_adapter(three) == "json"
+
+
+class Router:
+    def route(self, text):
+        return {"J": "json", "C": "coding", "X": "translate"}.get(text[0], "support")
+
+
+def test_route_and_generate_uses_one_batch_and_falls_back(three, tiny_tokenizer):
+    prompts = ["J give json", "C write code", "X translate this", "hi there"]
+    with pytest.warns(UserWarning, match="'translate', which is not loaded"):
+        pairs = lh.route_and_generate(three, tiny_tokenizer, prompts, Router(), max_new_tokens=6)
+    assert [a for a, _ in pairs] == ["json", "coding", "base", "support"]
+    assert [r for _, r in pairs] == lh.generate(three, tiny_tokenizer, prompts,
+                                                adapter=["json", "coding", "base", "support"], max_new_tokens=6)
+    assert lh.route_and_generate(three, tiny_tokenizer, "J only", Router(), max_new_tokens=3)[0] == "json"
+    with pytest.raises(lh.PromptError):
+        lh.route_and_generate(three, tiny_tokenizer, ["  "], Router())
