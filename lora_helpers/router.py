@@ -57,8 +57,8 @@ def _check_text(text) -> str:
         raise PromptError(f"A router needs the prompt as a str, got {type(text).__name__} ({text!r:.60}). "
                           "Pass the prompt text, e.g. router.route('Верни JSON').")
     if not text.strip():
-        raise PromptError(f"The prompt is empty or only whitespace ({text!r:.20}); there is nothing to route. "
-                          "Pass the user's non-empty prompt text.")
+        raise PromptError(f"The prompt is empty or only whitespace ({text!r:.20}); there is nothing to "
+                          "route. Pass the user's non-empty prompt text.")
     return text
 
 
@@ -83,10 +83,12 @@ class KeywordRouter:
 
     def __init__(self, rules: Mapping[str, Iterable[str]] | None = None, default: str = "support"):
         rules = DEFAULT_RULES if rules is None else rules
-        self.rules = {r: tuple(kws) for r, kws in rules.items()}
-        if not self.rules or not all(isinstance(k, str) and k.strip() for ks in self.rules.values() for k in ks):
-            raise AdapterError(f"Keyword rules must map route names to non-empty keyword strings, got {rules!r:.200}. "
-                               "Example: {'json': ['json', 'схем'], 'coding': ['код', 'bug']}.")
+        self.rules = {r: (kws,) if isinstance(kws, str) else tuple(kws) for r, kws in rules.items()}
+        keywords = [k for ks in self.rules.values() for k in ks]
+        if not self.rules or not all(isinstance(k, str) and k.strip("* ") for k in keywords):
+            raise AdapterError(f"Keyword rules must map route names to non-empty keyword strings, got "
+                               f"{rules!r:.200}. Example: {{'json': ['json', 'схем'], "
+                               "'coding': ['код', 'bug']}.")
         self.default = default
         self.routes = list(self.rules) + ([default] if default not in self.rules else [])
         self._patterns = {r: [(k, _keyword_pattern(k)) for k in ks] for r, ks in self.rules.items()}
@@ -141,8 +143,9 @@ class SemanticRouter:
                  rules: Mapping[str, Iterable[str]] | None = None, default: str = "support",
                  keyword_weight: float = 0.5, layer: int | None = None, hidden_weight: float = 1.0):
         if (model is None) != (tokenizer is None):
-            raise AdapterError("SemanticRouter needs both model and tokenizer (or neither, for n-grams only); "
-                               f"got model={type(model).__name__}, tokenizer={type(tokenizer).__name__}.")
+            raise AdapterError("SemanticRouter needs both model and tokenizer (or neither, for n-grams "
+                               f"only); got model={type(model).__name__}, "
+                               f"tokenizer={type(tokenizer).__name__}.")
         pairs = _pairs(load_labelled("router_examples") if examples is None else examples)
         texts = [_check_text(t) for t, _ in pairs]
         self.classes = list(dict.fromkeys(r for _, r in pairs))
@@ -163,8 +166,8 @@ class SemanticRouter:
 
     def _features(self, texts: list[str], H: np.ndarray | None = None) -> np.ndarray:
         hits = [self.keyword.matches(t) for t in texts]
-        X = np.hstack([self.ngrams.transform(texts),
-                       self.keyword_weight * np.array([[len(h.get(r, ())) for r in self.classes] for h in hits])])
+        counts = np.array([[len(h.get(r, ())) for r in self.classes] for h in hits])
+        X = np.hstack([self.ngrams.transform(texts), self.keyword_weight * counts])
         if self.model is None:
             return X
         if H is None:
@@ -197,8 +200,9 @@ class SemanticRouter:
         return self._decide(text)[1]
 
     def __repr__(self) -> str:
-        layer = "auto" if self.layer is None else self.layer
-        feats = "char n-grams + keywords" + (f" + hidden states (layer {layer})" if self.model is not None else "")
+        feats = "char n-grams + keywords"
+        if self.model is not None:
+            feats += f" + hidden states (layer {'auto' if self.layer is None else self.layer})"
         return (f"SemanticRouter(routes={self.classes}, {feats}, threshold={self.threshold}, "
                 f"default={self.default!r})")
 
@@ -223,7 +227,8 @@ class Confusion:
     def __repr__(self) -> str:
         w = max(8, *(len(x) for x in self.labels)) + 1
         head = "true \\ routed".ljust(w + 5) + "".join(x.rjust(w) for x in self.labels)
-        rows = [x.ljust(w + 5) + "".join(str(v).rjust(w) for v in row) for x, row in zip(self.labels, self.matrix)]
+        rows = [x.ljust(w + 5) + "".join(str(v).rjust(w) for v in row)
+                for x, row in zip(self.labels, self.matrix)]
         return "\n".join([head, *rows])
 
     def plot(self, ax=None, title: str | None = None):

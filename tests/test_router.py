@@ -1,0 +1,247 @@
+"""Routers: keyword stems, the semantic router, evaluate_router and the shipped data sets."""
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import lora_helpers as lh
+from lora_helpers._textfeatures import CharNgrams, hidden_state_features, load_labelled, normalize
+from lora_helpers.router import DEFAULT_RULES, KeywordRouter, SemanticRouter
+
+EVAL = load_labelled("router_eval")
+EXAMPLES = load_labelled("router_examples")
+ROUTES = ["json", "coding", "support"]
+
+
+@pytest.fixture(scope="module")
+def keyword():
+    return lh.make_router("keyword")
+
+
+@pytest.fixture(scope="module")
+def semantic():
+    return lh.make_router("semantic")
+
+
+# -- keyword router -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, route", [
+    ("Верни JSON", "json"),                              # the cheat-sheet's own rules
+    ("Опиши схему ответа", "json"),
+    ("Напиши код", "coding"),
+    ("There is a bug here", "coding"),
+])
+def test_cheat_sheet_rules(keyword, text, route):
+    assert keyword.route(text) == route
+
+
+@pytest.mark.parametrize("word", ["схема", "схему", "схемы", "схеме", "схемой", "схемами", "СХЕМ"])
+def test_schema_inflections(keyword, word):
+    assert keyword.route(f"Нужна {word} для пользователя") == "json"
+
+
+@pytest.mark.parametrize("word", ["код", "кода", "коде", "коду", "кодом", "Код", "bug", "bugs", "баг", "баги",
+                                  "багов", "Bug", "code", "codes"])
+def test_coding_inflections(keyword, word):
+    assert keyword.route(f"Посмотри {word} пожалуйста") == "coding"
+
+
+@pytest.mark.parametrize("text", [
+    "Что говорит Трудовой кодекс об отпуске?",           # «код» is not a prefix of every word: no «кодекс»
+    "Промокод не срабатывает",                          # nor a suffix: «промокод» is not «код»
+    "Scan the barcode on the box",
+    "Где мой багаж?",                                   # «баг» ≠ «багаж»
+])
+def test_word_boundaries(keyword, text):
+    assert "coding" not in keyword.matches(text)
+
+
+def test_json_inside_hyphenated_word(keyword):
+    found = keyword.matches("Сделай JSON-схему для товара")
+    assert [k for k, _ in found["json"]] == ["json", "схем"]
+
+
+def test_star_keywords_take_any_ending(keyword):
+    assert keyword.route("Нужен рефакторинг модуля") == "coding"
+    assert keyword.route("Отрефакторить этот класс") == "coding"
+    assert keyword.route("debugging a crash") == "coding"
+
+
+def test_most_keywords_win_then_first_route(keyword):
+    assert keyword.route("Fix the bug in the code of my JSON parser") == "coding"    # 2 coding vs 1 json
+    assert keyword.route("Верни JSON из этого кода") == "json"                     # 1:1 → json listed first
+
+
+def test_explain_names_the_keyword_or_the_default(keyword):
+    assert keyword.explain("Найди баги в коде") == "coding: keyword «код» (in «коде»), «баг» (in «баги»)"
+    assert "also matched json" in keyword.explain("Fix the bug in the code of my JSON parser")
+    text = keyword.explain("Привет, как дела?")
+    assert text.startswith("support:") and "default" in text
+
+
+def test_custom_rules_and_default():
+    r = lh.make_router("keyword", rules={"json": ["json"], "coding": ["python"]}, default="base")
+    assert r.routes == ["json", "coding", "base"]
+    assert r.route("Write Python") == "coding" and r.route("Закажи пиццу") == "base"
+
+
+@pytest.mark.parametrize("bad", [None, 42, b"JSON", ["JSON"], "", "   \n\t"])
+@pytest.mark.parametrize("kind", ["keyword", "semantic"])
+def test_bad_prompts_raise_prompt_error(keyword, semantic, kind, bad):
+    router = keyword if kind == "keyword" else semantic
+    for call in (router.route, router.explain):
+        with pytest.raises(lh.PromptError) as e:
+            call(bad)
+        assert isinstance(e.value, ValueError) and isinstance(e.value, lh.AdapterError)
+        assert "prompt" in str(e.value)
+    if kind == "semantic":
+        with pytest.raises(lh.PromptError):
+            semantic.scores(bad)
+
+
+def test_bad_router_arguments():
+    with pytest.raises(lh.AdapterError, match="Unknown router kind"):
+        lh.make_router("magic")
+    with pytest.raises(lh.AdapterError, match="keyword strings"):
+        lh.make_router("keyword", rules={"json": [""]})
+    with pytest.raises(lh.AdapterError, match="at least two routes"):
+        lh.make_router("semantic", examples={"json": ["Верни JSON"]})
+
+
+# -- semantic router ------------------------------------------------------------------------------
+
+def test_semantic_accuracy_on_eval(semantic):
+    acc, conf = lh.evaluate_router(semantic)
+    assert acc >= 0.9, conf
+    no_kw = [x for x in EVAL if not x["has_keyword"]]
+    assert lh.evaluate_router(semantic, no_kw)[0] >= 0.85
+
+
+def test_semantic_scores(semantic):
+    s = semantic.scores("Верни список городов в JSON")
+    assert list(s) == ROUTES == semantic.routes
+    assert abs(sum(s.values()) - 1) < 1e-9 and max(s, key=s.get) == "json"
+    assert semantic.explain("Верни список городов в JSON").startswith("json: classifier")
+
+
+def test_threshold_falls_back_to_keyword_then_default():
+    unsure = lh.make_router("semantic", threshold=1.0)                  # never confident enough
+    assert unsure.route("Implement quicksort in Haskell, there is a bug") == "coding"
+    assert "unsure" in unsure.explain("There is a bug")
+    assert unsure.route("Implement quicksort in Haskell") == "support"  # no keyword → default
+    assert "default" in unsure.explain("Implement quicksort in Haskell")
+    custom = lh.make_router("semantic", threshold=1.0, default="base")
+    assert custom.route("Implement quicksort in Haskell") == "base" and "base" in custom.routes
+
+
+def test_semantic_is_deterministic(semantic):
+    other = SemanticRouter()
+    for x in EVAL[::7]:
+        assert other.scores(x["text"]) == semantic.scores(x["text"])
+
+
+def test_semantic_accepts_examples_in_three_shapes():
+    d = {"json": ["Верни JSON", "Return JSON with fields"], "coding": ["Напиши код", "Fix this Python bug"]}
+    pairs = [(t, r) for r, ts in d.items() for t in ts]
+    rows = [{"text": t, "route": r} for t, r in pairs]
+    scores = [SemanticRouter(examples=e).scores("JSON please") for e in (d, pairs, rows)]
+    assert scores[0] == scores[1] == scores[2]
+
+
+def test_semantic_with_tiny_model(tiny_model, tiny_tokenizer):
+    r = lh.make_router("semantic", model=tiny_model, tokenizer=tiny_tokenizer)
+    assert r.route("Верни JSON со схемой") in ROUTES and "hidden states" in repr(r)
+    with pytest.raises(lh.AdapterError, match="both model and tokenizer"):
+        lh.make_router("semantic", model=tiny_model)
+
+
+def test_hidden_states_ignore_an_active_adapter(tiny_model, tiny_tokenizer):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    texts = ["Верни JSON", "Fix the bug in this code, please", "Где мой заказ?"]
+    base = hidden_state_features(tiny_model, tiny_tokenizer, texts)
+    peft = get_peft_model(tiny_model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False), adapter_name="coding")
+    ids = torch.tensor([tiny_tokenizer("Верни JSON")["input_ids"]])
+    with torch.no_grad(), peft.disable_adapter():
+        plain = peft(input_ids=ids).logits
+    assert not torch.allclose(peft(input_ids=ids).logits, plain)          # the adapter does change outputs
+    np.testing.assert_allclose(hidden_state_features(peft, tiny_tokenizer, texts), base, atol=1e-5)
+    assert peft.active_adapter == "coding"
+    peft.train()
+    np.testing.assert_allclose(hidden_state_features(peft, tiny_tokenizer, texts), base, atol=1e-5)
+    assert peft.training and all(m.training for m in peft.modules())
+
+
+@pytest.mark.real
+def test_semantic_with_embedded_base(embedded):
+    model, tok = embedded
+    r = lh.make_router("semantic", model=model, tokenizer=tok)
+    assert lh.evaluate_router(r)[0] >= 0.9
+
+
+# -- evaluate_router ------------------------------------------------------------------------------
+
+def test_confusion_matrix_is_consistent(keyword):
+    import matplotlib
+    matplotlib.use("Agg")
+
+    acc, conf = lh.evaluate_router(keyword)
+    m = np.asarray(conf.matrix)
+    assert conf.labels == ROUTES
+    counts = Counter(x["route"] for x in EVAL)
+    assert m.sum(1).tolist() == [counts[r] for r in conf.labels]
+    assert acc == pytest.approx(np.trace(m) / len(EVAL))
+    assert len(conf.mistakes) == len(EVAL) - np.trace(m)
+    assert all(t != p for _, t, p in conf.mistakes)
+    assert "true \\ routed" in repr(conf) and "coding" in repr(conf)
+    ax = conf.plot(title="keyword")
+    assert ax.get_title() == "keyword"
+
+
+def test_evaluate_router_takes_pairs_and_dicts(keyword):
+    acc, conf = lh.evaluate_router(keyword, [("Верни JSON", "json"), ("Привет", "coding")])
+    assert acc == 0.5 and conf.mistakes == [("Привет", "coding", "support")]
+    assert lh.evaluate_router(keyword, {"json": ["Верни JSON"]})[0] == 1.0
+
+
+def test_keyword_router_honest_score(keyword):
+    """Not a target: documents what keywords get (all of the keyword-free half goes to the default)."""
+    with_kw = [x for x in EVAL if x["has_keyword"]]
+    without = [x for x in EVAL if not x["has_keyword"]]
+    assert lh.evaluate_router(keyword, with_kw)[0] >= 0.9
+    assert lh.evaluate_router(keyword, without)[0] == pytest.approx(1 / 3)
+
+
+# -- shipped data ---------------------------------------------------------------------------------
+
+def test_data_sizes_and_languages():
+    for data, per_route in ((EXAMPLES, 20), (EVAL, 20)):
+        counts = Counter((x["route"], x["lang"]) for x in data)
+        for r in ROUTES:
+            assert counts[r, "en"] + counts[r, "ru"] >= per_route and counts[r, "en"] and counts[r, "ru"]
+    assert len(EVAL) >= 60 and set(x["route"] for x in EVAL + EXAMPLES) == set(ROUTES)
+
+
+def test_has_keyword_field_agrees_with_keyword_router(keyword):
+    for x in EVAL:
+        assert x["has_keyword"] == bool(keyword.matches(x["text"])), x["text"]
+    share = sum(not x["has_keyword"] for x in EVAL) / len(EVAL)
+    assert 0.4 <= share <= 0.6
+    for r in ROUTES:   # paraphrases in every route, not only in the default one
+        assert sum(not x["has_keyword"] for x in EVAL if x["route"] == r) >= 8
+
+
+def test_eval_kept_apart_from_examples():
+    norm = {normalize(x["text"]) for x in EXAMPLES}
+    assert not norm & {normalize(x["text"]) for x in EVAL}
+    assert len({normalize(x["text"]) for x in EVAL}) == len(EVAL)
+    v = CharNgrams().fit([x["text"] for x in EXAMPLES + EVAL])
+    sim = v.transform([x["text"] for x in EVAL]) @ v.transform([x["text"] for x in EXAMPLES]).T
+    assert sim.max() < 0.7          # no near-duplicates (closest pair measured ≈ 0.5)
+
+
+def test_default_rules_keep_the_cheat_sheet():
+    assert {"json", "схем"} <= set(DEFAULT_RULES["json"]) and {"код", "bug"} <= set(DEFAULT_RULES["coding"])
+    assert isinstance(lh.make_router(), KeywordRouter)
