@@ -26,8 +26,6 @@ PROBE = "Return the user as JSON: name Anna, city Kazan. Напиши функц
 # allows their rounding (SmolLM2-135M: fp16 ~0.04-0.11, bf16 ~0.3-1.1) yet catches a missing adapter.
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 0.25, torch.bfloat16: 2.0}
 METHODS = ("linear", "ties", "dare_ties", "cat")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -152,10 +150,10 @@ def _check_target(out: Path, overwrite: bool) -> None:
 
 
 def _as_dtype(dtype):
+    if isinstance(dtype, str):  # "float16", "torch.bfloat16"
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
     if dtype is None or isinstance(dtype, torch.dtype) and dtype in TOLERANCE:
         return dtype
-    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
-        return _DTYPES[dtype.removeprefix("torch.")]
     raise AdapterError(f"dtype={dtype!r} is not supported; use torch.float32, torch.float16 or torch.bfloat16 "
                        "(or None for the base model's dtype).")
 
@@ -334,7 +332,7 @@ def combine_adapters(model, weights: dict, new_name: str, method: str = "linear"
                                f"to keep, got {density!r}. Try density=0.5.")
     elif density is not None:
         raise AdapterError(f"density applies only to 'ties' and 'dare_ties', not to {method!r}.")
-    ranks = {n: _rank(model.peft_config[n]) for n in weights}
+    ranks = {n: max([c.r, *(c.rank_pattern or {}).values()]) for n, c in model.peft_config.items() if n in weights}
     if method != "cat" and len(set(ranks.values())) > 1:
         raise MergeError(f"method={method!r} needs adapters of the same rank, got {ranks}. "
                          "Use method='cat' (rank = sum of ranks), or retrain with one r.")
@@ -346,7 +344,3 @@ def combine_adapters(model, weights: dict, new_name: str, method: str = "linear"
             model.delete_adapter(new_name)
         raise MergeError(f"PEFT could not combine {list(weights)} with method={method!r}: {e}") from e
     return model
-
-
-def _rank(cfg) -> int:
-    return max([cfg.r, *(cfg.rank_pattern or {}).values()])

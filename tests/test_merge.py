@@ -131,7 +131,7 @@ def test_mismatch_raises_merge_error_and_writes_nothing(two, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, "bfloat16"])
 def test_half_precision_save(two, tmp_path, dtype):
     path = lh.merge_and_save(two, "coding", tmp_path / "m", dtype=dtype)
     merged = plain(path)
@@ -271,20 +271,20 @@ PROMPTS = ["Верни JSON с полями name и age для Ивана, 30 л
 
 @pytest.mark.real
 def test_embedded_merged_replies_equal_the_unmerged_adapter(embedded_fresh, tmp_path):
-    # A random non-zero LoRA on every linear layer (shipped adapters: see the closing note of issue 5).
+    # A random non-zero LoRA on every linear layer of the real base, scaled so it changes the replies
+    # without wrecking them.
     model, tok = embedded_fresh
     torch.manual_seed(0)
     cfg = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
     peft_model = get_peft_model(model, cfg, adapter_name="rand").eval()
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
-            p.data *= 0.2  # changes the replies without wrecking them
+            p.data *= 0.2
     lh.switch(peft_model, "base")
-    base_replies = lh.generate(peft_model, tok, PROMPTS, max_new_tokens=24)
-    adapter_replies = lh.generate(peft_model, tok, PROMPTS, adapter="rand", max_new_tokens=24)
-    assert adapter_replies != base_replies
+    adapter_replies = lh.generate(peft_model, tok, PROMPTS, adapter="rand", max_new_tokens=16)
+    assert adapter_replies != lh.generate(peft_model, tok, PROMPTS, max_new_tokens=16)
     path = lh.merge_and_save(peft_model, "rand", tmp_path / "m", tokenizer=tok)
-    merged, merged_tok = lh.load_base(str(path))
-    assert lh.generate(merged, merged_tok, PROMPTS, max_new_tokens=24) == adapter_replies
     assert lh.active_adapter(peft_model) == "base"
-    assert lh.generate(peft_model, tok, PROMPTS, max_new_tokens=24) == base_replies
+    merged, merged_tok = lh.load_base(str(path))
+    assert type(merged).__name__ == "LlamaForCausalLM" and not hasattr(merged, "peft_config")
+    assert lh.generate(merged, merged_tok, PROMPTS, max_new_tokens=16) == adapter_replies
