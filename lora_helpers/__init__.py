@@ -16,3 +16,4 @@ from .widgets import adapter_switcher, plot_sizes, show_replies
 from .demo import demo_adapters, make_foreign_adapter
 from .bench import tokens_per_second
 from .router import KeywordRouter, SemanticRouter, evaluate_router, make_router
+from .serve import RoutedClient, shell_line, vllm_command
