@@ -49,7 +49,8 @@ class AdapterSwitcher(widgets.VBox):
     def _on_generate(self, _button=None) -> str:
         from .adapters import switch
 
-        self.output.clear_output()
+        # Not clear_output(): in a browser its echo ("outputs = []") can arrive after the new reply and erase it.
+        self.output.outputs = ()
         text = self.prompt.value
         try:
             name, note = self.dropdown.value, ""

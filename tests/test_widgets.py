@@ -45,6 +45,7 @@ def test_picking_switches_the_model_and_generate_shows_the_reply(two_adapters, t
     w.dropdown.value = "base"
     assert lh.active_adapter(two_adapters) == "base"
     w.button.click()
+    assert len(w.output.outputs) == 1 and output_text(w).startswith("[base]\n")
     assert w.last_reply == lh.generate(two_adapters, tiny_tokenizer, "Write a Python function", adapter="base",
                                        max_new_tokens=6)
 
