@@ -84,8 +84,9 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
     tolerance = TOLERANCE.get(dtype, 1e-1) if tolerance is None else float(tolerance)
     probe = _probe_ids(model, tokenizer)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    dest = out.resolve()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         start = time.perf_counter()
         if quantized:
@@ -115,7 +116,7 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
                              "it, pass a larger tolerance=...; otherwise check that the adapter is not merged already.")
         (tmp / REPORT_NAME).write_text(json.dumps(asdict(report), indent=1))
         tmp.chmod(0o755)  # mkdtemp makes it private
-        _replace(tmp, out, overwrite)
+        _replace(tmp, dest, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(report.summary())
@@ -136,12 +137,17 @@ def _check_adapter(model, name) -> None:
                            f"({', '.join(_loaded(model))}).")
     if name not in model.peft_config:
         raise AdapterNotFoundError(f"No adapter named {name!r} is loaded; loaded: {', '.join(_loaded(model))}.")
+    if str(getattr(model.peft_config[name], "peft_type", "")).split(".")[-1] != "LORA":
+        raise AdapterError(f"'{name}' is a {model.peft_config[name].peft_type} adapter; only LoRA adapters merge here.")
     if any(getattr(m, "merged", False) for m in _lora_layers(model.get_base_model()).values()):
         raise MergeError("The model has adapter weights merged in place (merge_adapter); merging another copy "
                          "on top would be wrong. Call model.unmerge_adapter() first.")
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
+    if not out.resolve().name or out.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise AdapterError(f"out_dir={str(out)!r} is the current folder or above it; name a new folder, e.g. "
+                           "'merged/json'.")
     if out.exists() and not out.is_dir():
         raise AdapterExistsError(f"{out} exists and is a file, not a folder. Choose another out_dir.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:

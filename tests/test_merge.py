@@ -168,12 +168,22 @@ def test_bad_input(two, tiny_model, tmp_path):
         lh.merge_and_save(tiny_model, "json", tmp_path / "m")
     with pytest.raises(lh.AdapterError, match="nothing to merge"):
         lh.merge_and_save(two, "base", tmp_path / "m")
+    with pytest.raises(lh.AdapterError, match="current folder"):
+        lh.merge_and_save(two, "json", ".", overwrite=True)
     with pytest.raises(lh.AdapterError, match="dtype"):
         lh.merge_and_save(two, "json", tmp_path / "m", dtype="int8")
     two.merge_adapter(["json"])
     with pytest.raises(lh.MergeError, match="unmerge_adapter"):
         lh.merge_and_save(two, "json", tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_non_lora_adapter_is_refused(tiny_model, tmp_path):
+    from peft import IA3Config
+    model = get_peft_model(tiny_model, IA3Config(target_modules=["q_proj"], feedforward_modules=[]),
+                           adapter_name="ia3")
+    with pytest.raises(lh.AdapterError, match="only LoRA"):
+        lh.merge_and_save(model, "ia3", tmp_path / "m")
 
 
 # ----------------------------------------------------------------------------- quantized base
