@@ -137,11 +137,15 @@ def _check_adapter(model, name) -> None:
                            f"({', '.join(_loaded(model))}).")
     if name not in model.peft_config:
         raise AdapterNotFoundError(f"No adapter named {name!r} is loaded; loaded: {', '.join(_loaded(model))}.")
-    if str(getattr(model.peft_config[name], "peft_type", "")).split(".")[-1] != "LORA":
+    if not _is_lora(model.peft_config[name]):
         raise AdapterError(f"'{name}' is a {model.peft_config[name].peft_type} adapter; only LoRA adapters merge here.")
     if any(getattr(m, "merged", False) for m in _lora_layers(model.get_base_model()).values()):
         raise MergeError("The model has adapter weights merged in place (merge_adapter); merging another copy "
                          "on top would be wrong. Call model.unmerge_adapter() first.")
+
+
+def _is_lora(cfg) -> bool:
+    return str(getattr(cfg, "peft_type", "")).split(".")[-1] == "LORA"
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
@@ -322,6 +326,9 @@ def combine_adapters(model, weights: dict, new_name: str, method: str = "linear"
     unknown = [n for n in weights if n not in model.peft_config]
     if unknown:
         raise AdapterNotFoundError(f"Adapter(s) {unknown} are not loaded; loaded: {', '.join(_loaded(model))}.")
+    if not all(_is_lora(model.peft_config[n]) for n in weights):
+        raise AdapterError("combine_adapters combines LoRA adapters only; "
+                           f"got {[str(model.peft_config[n].peft_type) for n in weights]}.")
     if not isinstance(new_name, str) or not new_name.strip() or new_name == "base":
         raise AdapterError(f"new_name must be a non-empty name other than 'base', got {new_name!r}.")
     if new_name in model.peft_config:

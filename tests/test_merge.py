@@ -184,6 +184,8 @@ def test_non_lora_adapter_is_refused(tiny_model, tmp_path):
                            adapter_name="ia3")
     with pytest.raises(lh.AdapterError, match="only LoRA"):
         lh.merge_and_save(model, "ia3", tmp_path / "m")
+    with pytest.raises(lh.AdapterError, match="LoRA adapters only"):
+        lh.combine_adapters(model, {"ia3": 1.0}, "mix")
 
 
 # ----------------------------------------------------------------------------- quantized base
