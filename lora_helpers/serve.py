@@ -34,8 +34,9 @@ from .errors import AdapterError, AdapterNotFoundError, AdapterNotServedError, S
 BASE = "base"
 # vLLM accepts only these values for --max-lora-rank (vllm/config/lora.py); an adapter above it is refused.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-# What vLLM's CPU build needs here: a small KV cache (GiB), and no calls home.
-CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+# Defaults for a server started by start_server (the caller's environment wins): a small KV cache (GiB)
+# for vLLM's CPU build, and no usage statistics sent home.
+CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 SERVE_VENV = Path(__file__).resolve().parent.parent / ".venv-serve"
 
 
@@ -336,6 +337,7 @@ def _stop(proc: subprocess.Popen, grace: float = 20.0) -> None:
 def start_server(cmd, timeout: float = 300.0, env: Mapping | None = None, log_path=None):
     """Start a server command (``vllm_command(...)``), wait until ``/health`` answers 200, yield a :class:`Server`.
 
+    ``env`` is added to this process's environment, over the :data:`CPU_ENV` defaults.
     The process runs in its own session with its output in ``log_path`` (a temp file by default); it is
     stopped (SIGTERM, then SIGKILL) when the block ends, whatever happens. If it exits early or is not
     healthy within ``timeout`` seconds, :class:`ServeError` carries the log's last lines.
@@ -344,7 +346,7 @@ def start_server(cmd, timeout: float = 300.0, env: Mapping | None = None, log_pa
     host, port = _arg(cmd, "--host", "127.0.0.1"), int(_arg(cmd, "--port", 8000))
     root = f"http://{host}:{port}"
     log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="vllm-", suffix=".log")[1])
-    full_env = {**os.environ, **CPU_ENV, **(env or {})}
+    full_env = {**CPU_ENV, **os.environ, **(env or {})}
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
         try:
@@ -443,7 +445,9 @@ def bench_serving(adapters: Mapping | None = None, per_adapter: int = 2, max_new
     port = free_port()
     cmd = vllm_command("smollm2-135m", sources, port=port, program=vllm_program(), dtype=dtype,
                        max_model_len=max_model_len)
-    with start_server(cmd, timeout=timeout) as server, RoutedClient(server.base_url, router=None) as client:
+    local_only = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}  # everything served is on disk
+    with start_server(cmd, timeout=timeout, env=local_only) as server, \
+            RoutedClient(server.base_url, router=None) as client:
         extra = dict(max_tokens=max_new_tokens, extra_body={"min_tokens": max_new_tokens})
         client.chat_many(prompts[:len(sources)], adapters=names[:len(sources)], max_tokens=4)  # warm-up
         served, s = best(lambda: client.chat_many(prompts, adapters=names, **extra))
