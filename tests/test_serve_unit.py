@@ -286,3 +286,9 @@ def test_start_server_reports_early_exit_and_timeout(tmp_path):
     with pytest.raises(ServeError, match="not found"):
         with serve.start_server(["/nonexistent/vllm", "serve", "x"], timeout=1):
             pass
+
+
+def test_missing_openai_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openai", None)  # as if not installed
+    with pytest.raises(ServeError, match="pip install openai"):
+        lh.RoutedClient("http://127.0.0.1:1", FixedRouter("json"))
