@@ -1,0 +1,32 @@
+"""The demo adapters' data: training examples and held-out prompts, kept as jsonl in ``lora_helpers/data``.
+
+Files: ``{behaviour}_train.jsonl`` (``{"prompt", "reply"}`` rows) and ``{behaviour}_heldout.jsonl``
+(``{"prompt"}`` rows, plus ``"expect"`` for json: the values the reply must hold). Held-out prompts are
+never trained on; ``tests/test_train.py`` checks that and that every training reply passes its own check.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import AdapterError
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+BEHAVIOURS = ("json", "coding", "support")
+SPLITS = ("train", "heldout")
+
+
+def data_file(behaviour: str, split: str = "train") -> Path:
+    """Path of the jsonl file for ``behaviour`` ("json", "coding", "support") and ``split``."""
+    if behaviour not in BEHAVIOURS:
+        raise AdapterError(f"Unknown demo behaviour {behaviour!r}; expected one of {BEHAVIOURS}.")
+    if split not in SPLITS:
+        raise AdapterError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+    return DATA_DIR / f"{behaviour}_{split}.jsonl"
+
+
+def load_examples(behaviour: str, split: str = "train") -> list[dict]:
+    """The rows of one data file as dicts (``prompt`` and ``reply`` for train, ``prompt`` [+ ``expect``] held out)."""
+    path = data_file(behaviour, split)
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

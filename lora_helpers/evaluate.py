@@ -1,0 +1,247 @@
+"""Checks for the demo adapters' behaviours, and the held-out table: adapter vs base.
+
+- json: the reply is exactly one JSON object/array (a ```json fence is fine), holding the asked-for values.
+- coding: one ```python block and nothing else; functions with type hints and a one-line docstring; at
+  least one ``assert`` that exercises the code; the snippet runs clean in a subprocess (timeout 5 s).
+- support: a greeting or an apology, then numbered steps ``1. ... 2. ...``; no code, no JSON.
+
+``python -m lora_helpers.evaluate [--adapters DIR]`` prints the markdown table.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .demo_data import BEHAVIOURS, load_examples
+
+# Replies are short by design; these limits only stop a rambling base model early.
+MAX_NEW_TOKENS = {"json": 96, "coding": 160, "support": 160}
+RUN_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def _fail(reason: str) -> Verdict:
+    return Verdict(False, reason)
+
+
+# ----------------------------------------------------------------------------- json
+_JSON_FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*?)\n?```$", re.S)
+
+
+def _words(value) -> list[str]:
+    return [w.strip(".-") for w in re.findall(r"[\w@.+-]+", str(value).casefold())]
+
+
+def _same(got, want) -> bool:
+    """``got`` holds ``want``: same keys/items; numbers equal; a string holds the expected words in order."""
+    if isinstance(want, dict):
+        return isinstance(got, dict) and all(k in got and _same(got[k], v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(got, list) and len(got) == len(want) and all(map(_same, got, want))
+    if isinstance(want, (int, float)) and not isinstance(want, bool):
+        try:
+            return float(str(got).strip().lstrip("$")) == float(want)
+        except ValueError:
+            return False
+    g, w = _words(got), _words(want)  # "Hotel Aurora" holds "Aurora"; "run" does not hold "charity run"
+    return bool(w) and any(g[i:i + len(w)] == w for i in range(len(g) - len(w) + 1))
+
+
+def check_json(reply: str, expect=None) -> Verdict:
+    """One JSON object or array and nothing else; with ``expect``, it holds those keys and values."""
+    text = reply.strip()
+    if text.startswith("```"):
+        m = _JSON_FENCE.match(text)
+        if not m:
+            return _fail("text outside the ```json fence")
+        text = m.group(1).strip()
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        return _fail(f"not a single JSON value: {e}")
+    if not isinstance(value, (dict, list)):
+        return _fail(f"JSON {type(value).__name__}, expected an object or an array")
+    if expect is not None and not _same(value, expect):
+        return _fail(f"values differ from {json.dumps(expect, ensure_ascii=False)}")
+    return Verdict(True)
+
+
+# ----------------------------------------------------------------------------- coding
+_PY_FENCE = re.compile(r"^```python[ \t]*\n(.*?)\n?```$", re.S)
+
+
+def _style_problem(tree: ast.Module) -> str | None:
+    funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not funcs:
+        return "no function"
+    for f in funcs:
+        args = f.args.posonlyargs + f.args.args + f.args.kwonlyargs
+        args += [a for a in (f.args.vararg, f.args.kwarg) if a]
+        missing = [a.arg for a in args if a.annotation is None and a.arg not in ("self", "cls")]
+        if missing or f.returns is None:
+            return f"{f.name}: missing type hints ({', '.join(missing) or 'return'})"
+        doc = ast.get_docstring(f)
+        if not doc or "\n" in doc.strip():
+            return f"{f.name}: needs a one-line docstring"
+    asserts = [n for n in tree.body if isinstance(n, ast.Assert)]
+    if not any(isinstance(n, ast.Call) for a in asserts for n in ast.walk(a)):
+        return "no top-level assert that calls the code"
+    return None
+
+
+def run_snippet(code: str, timeout: float = RUN_TIMEOUT_S) -> Verdict:
+    """Run ``code`` in a fresh isolated interpreter (``python -I``) in a temp folder; ok when it exits 0."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "snippet.py"
+        path.write_text(code, encoding="utf-8")
+        try:
+            r = subprocess.run([sys.executable, "-I", str(path)], cwd=tmp, capture_output=True, text=True,
+                               timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return _fail(f"timed out after {timeout:g} s")
+    if r.returncode:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        return _fail(f"exit code {r.returncode}: {last}")
+    return Verdict(True)
+
+
+def check_coding(reply: str, expect=None) -> Verdict:
+    """One ```python block only, house style (type hints, one-line docstrings, asserts), asserts pass."""
+    text = reply.strip()
+    if text.count("```") != 2:
+        return _fail("expected exactly one ``` block")
+    m = _PY_FENCE.match(text)
+    if not m:
+        return _fail("not a single ```python block, or text outside it")
+    code = m.group(1)
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as e:
+        return _fail(f"syntax error: {e.msg}")
+    problem = _style_problem(tree)
+    if problem:
+        return _fail(problem)
+    return run_snippet(code)
+
+
+# ----------------------------------------------------------------------------- support
+_GREETING = re.compile(
+    r"\b(hello|hi|hey|dear|greetings|good (morning|afternoon|evening|day)|thanks?|thank you|sorry|apolog\w*"
+    r"|здравствуй\w*|привет\w*|добр\w+ (день|утро|вечер)|спасибо|благодар\w*|извин\w*|прост(ите|и)|сожале\w*"
+    r"|жаль|сочувств\w*)\b", re.I)
+_STEP = re.compile(r"^\s*(\d+)[.)]\s+\S", re.M)
+_CODE = re.compile(r"^\s*(def|class|import|from\s+\S+\s+import)\s", re.M)
+
+
+def check_support(reply: str, expect=None) -> Verdict:
+    """A greeting or an apology before numbered steps 1., 2., ...; no code and no JSON."""
+    text = reply.strip()
+    if "```" in text or _CODE.search(text) or "{" in text:
+        return _fail("contains code or JSON")
+    steps = list(_STEP.finditer(text))
+    numbers = [int(m.group(1)) for m in steps]
+    if len(numbers) < 2 or numbers != list(range(1, len(numbers) + 1)):
+        return _fail(f"expected numbered steps 1., 2., ...; found {numbers or 'none'}")
+    if not _GREETING.search(text[:steps[0].start()]):
+        return _fail("no greeting or apology before the steps")
+    return Verdict(True)
+
+
+CHECKS = {"json": check_json, "coding": check_coding, "support": check_support}
+
+
+# ----------------------------------------------------------------------------- the table
+def _replies(model, tokenizer, prompts, adapter, max_new_tokens):
+    from .generate import generate
+    return generate(model, tokenizer, prompts, adapter=adapter, max_new_tokens=max_new_tokens)
+
+
+def evaluate_adapters(model, tokenizer, adapters=BEHAVIOURS, include_base: bool = True,
+                      max_new_tokens: dict | None = None) -> list[dict]:
+    """Pass rates on the held-out prompts: each adapter on its own check, and the base on the same check.
+
+    ``model`` is a PeftModel holding adapters named like the behaviours ("json", "coding", "support").
+    Returns one row per adapter: ``adapter``, ``n``, ``adapter_pass``, ``base_pass`` (None without the
+    base), ``differs`` (share of prompts where the greedy reply differs from the base's), and
+    ``replies``: (prompt, adapter reply, verdict, base reply, verdict) for inspection.
+    Render with :func:`to_markdown`.
+    """
+    limits = {**MAX_NEW_TOKENS, **(max_new_tokens or {})}
+    rows = []
+    for name in adapters:
+        data = load_examples(name, "heldout")
+        prompts = [d["prompt"] for d in data]
+        check = CHECKS[name]
+        mine = _replies(model, tokenizer, prompts, name, limits[name])
+        base = _replies(model, tokenizer, prompts, "base", limits[name]) if include_base else [None] * len(data)
+        details = []
+        for d, a, b in zip(data, mine, base):
+            details.append((d["prompt"], a, check(a, d.get("expect")), b, None if b is None else check(b, d.get("expect"))))
+        n = len(data)
+        rows.append(dict(
+            adapter=name, n=n,
+            adapter_pass=sum(bool(x[2]) for x in details) / n,
+            base_pass=sum(bool(x[4]) for x in details) / n if include_base else None,
+            differs=sum(x[1] != x[3] for x in details) / n if include_base else None,
+            replies=details,
+        ))
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    """The evaluation rows as a markdown table."""
+    def f(x):
+        return "—" if x is None else f"{x:.2f}"
+    lines = ["| adapter | held-out prompts | adapter passes its check | base passes the same check | "
+             "reply differs from base |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| lora_{r['adapter']} | {r['n']} | {f(r['adapter_pass'])} | {f(r['base_pass'])} | "
+                     f"{f(r['differs'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    from . import load_adapters, load_base, setup
+
+    p = argparse.ArgumentParser(description="Held-out pass rates of the demo adapters vs the base.")
+    p.add_argument("--adapters", default=None, help="folder with lora_json/, lora_coding/, lora_support/ "
+                   "(default: the shipped ones)")
+    p.add_argument("--only", nargs="+", choices=BEHAVIOURS, default=list(BEHAVIOURS))
+    p.add_argument("-v", "--verbose", action="store_true", help="print every failing reply")
+    args = p.parse_args(argv)
+    setup()
+    if args.adapters:
+        sources = {n: Path(args.adapters) / f"lora_{n}" for n in args.only}
+    else:
+        from .adapters import DEMO_ADAPTERS
+        sources = {n: DEMO_ADAPTERS[n] for n in args.only}
+    model, tok = load_base("smollm2-135m")
+    model = load_adapters(model, sources)
+    rows = evaluate_adapters(model, tok, adapters=args.only)
+    if args.verbose:
+        for r in rows:
+            for prompt, a, va, b, vb in r["replies"]:
+                if not va or vb:
+                    print(f"--- [{r['adapter']}] {prompt}\nadapter ({va.reason or 'ok'}):\n{a}\n"
+                          f"base ({vb.reason or 'ok'}):\n{b}\n")
+    print(to_markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
