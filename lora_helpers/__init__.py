@@ -10,7 +10,7 @@ from .errors import (
 from .base import PRESETS, cache_dir, in_colab, load_base, pick_device, setup
 from .generate import generate, route_and_generate
 from .adapters import DEMO_ADAPTERS, active_adapter, list_adapters, load_adapters, switch
-from .storage import resolve_adapter, save_adapter
+from .storage import find_token, resolve_adapter, save_adapter
 from .merge import MergeReport, combine_adapters, merge_and_save
 from .widgets import adapter_switcher, plot_sizes, show_replies
 from .demo import demo_adapters, make_foreign_adapter

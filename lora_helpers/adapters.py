@@ -82,6 +82,8 @@ def switch(model, name) -> None:
         raise AdapterNotFoundError(f"No adapter named {name!r} is loaded; loaded: {', '.join(model.peft_config)} "
                                    "(or 'base' for none). Check the spelling or load it with lh.load_adapters.")
     _apply(model, name)
+    if isinstance(name, str) and name != BASE and _loaded_zero(model, name):
+        _warn_zero(name, stacklevel=3)
 
 
 def active_adapter(model) -> str:
@@ -161,6 +163,25 @@ def check_compatible(model, files: AdapterFiles, name: str = "adapter", check_ba
         raise BaseMismatchError(f"{bases}. The shapes fit, but weights tuned for another base make "
                                 f"set_adapter change nothing useful. {fix} If both names are the same weights "
                                 "(e.g. a quantized copy), pass check_base=False.")
+
+
+def _warn_zero(name: str, stacklevel: int) -> None:
+    warnings.warn(f"Adapter {name!r} has all lora_B weights equal to zero, so it will not change the "
+                  "model: switching to it gives the same answers as the base. It was never trained (or "
+                  "was created with add_adapter); train it, or load the trained folder.", stacklevel=stacklevel)
+
+
+def _loaded_zero(model, name: str) -> bool:
+    """True when every lora_B of a loaded adapter is zero; usually decided by the first tensor (µs)."""
+    _, layers, _ = _state(model)
+    weights = (m.lora_B[name].weight for m in layers if name in getattr(m, "lora_B", {}))
+    first = next(weights, None)
+    return first is not None and not first.any() and not any(w.any() for w in weights)
+
+
+def _memory_bytes(model, name: str) -> int:
+    """Bytes of an adapter's LoRA tensors in memory (for adapters not loaded from a file we know)."""
+    return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n)
 
 
 def _zero_effect(files: AdapterFiles) -> bool:
@@ -294,9 +315,7 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
     _SOURCES.setdefault(model, {}).update({n: f.weights for n, f in plans})
     for name, files in plans:
         if _zero_effect(files):
-            warnings.warn(f"Adapter {name!r} has all lora_B weights equal to zero, so it will not change the "
-                          "model: switching to it gives the same answers as the base. It was never trained (or "
-                          "was created with add_adapter); train it, or load the trained folder.", stacklevel=2)
+            _warn_zero(name, stacklevel=3)
     return model
 
 
@@ -359,18 +378,17 @@ def list_adapters(model) -> AdapterTable:
     if not isinstance(model, PeftModel):
         return table
     table.running = active_adapter(model)
-    cfgs, layers, _ = _state(model)
+    cfgs, _, _ = _state(model)
     sources = _SOURCES.get(model, {})
     for name, cfg in cfgs.items():
         weights = sources.get(name)
         weights = weights if weights is not None and weights.is_file() else None
         targets = cfg.target_modules
-        bs = [m.lora_B[name].weight for m in layers if name in getattr(m, "lora_B", {})]
         table.append(dict(
             name=name, active=table.running == name, base=cfg.base_model_name_or_path or "-",
             rank=cfg.r, alpha=cfg.lora_alpha,
             target_modules=",".join(sorted(targets)) if isinstance(targets, (set, list, tuple)) else str(targets),
-            size_bytes=weights.stat().st_size if weights else None,
+            size_bytes=weights.stat().st_size if weights else _memory_bytes(model, name),
             sha256=_sha256(weights)[:12] if weights else None,
-            note="lora_B = 0: no effect" if bs and not any(b.any() for b in bs) else ""))
+            note="lora_B = 0: no effect" if _loaded_zero(model, name) else ""))
     return table

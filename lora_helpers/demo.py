@@ -56,5 +56,5 @@ def make_foreign_adapter(out_dir="alien_adapter", seed: int = 0) -> Path:
     peft_model = get_peft_model(other, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft_model.peft_config["default"].base_model_name_or_path = "tiny-random-mistral"
     out = Path(out_dir)
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(out, save_embedding_layers=False)  # no Hub lookup for the made-up base
     return out

@@ -447,7 +447,9 @@ def test_list_adapters(loaded, ads):
     assert b["size_bytes"] == w.stat().st_size
     assert b["sha256"] == hashlib.sha256(w.read_bytes()).hexdigest()[:12]
     assert table[0]["note"] == "" and table[2]["note"] == "lora_B = 0: no effect"
-    assert table[2]["size_bytes"] is None
+    fresh = [p for n, p in loaded.named_parameters() if ".fresh." in n]  # no file: its size in memory
+    assert table[2]["size_bytes"] == sum(p.numel() * 4 for p in fresh) > 0 and table[2]["sha256"] is None
+    assert b["size_bytes"] > A._memory_bytes(loaded, "coding") > 0  # the file adds a header
     text = repr(table)
     assert text.splitlines()[0].split()[:3] == ["name", "active", "base"]
     assert "gate_proj,o_proj,q_proj" in text and b["sha256"] in text and "running: coding" in text
@@ -467,3 +469,25 @@ def test_demo_adapters_paths():
     root = Path(lh.__file__).resolve().parent.parent / "adapters"
     assert lh.DEMO_ADAPTERS == {"json": root / "lora_json", "coding": root / "lora_coding",
                                 "support": root / "lora_support"}
+
+
+def test_switch_warns_for_an_untrained_adapter_made_with_add_adapter(tiny_model):
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+                           adapter_name="trained")
+    model.add_adapter("blank", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with pytest.warns(UserWarning, match="'blank' has all lora_B weights equal to zero"):
+        lh.switch(model, "blank")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lh.switch(model, "trained")
+        lh.switch(model, "base")
+    last = [m for m in model.modules() if hasattr(m, "lora_B") and "blank" in m.lora_B][-1]
+    with torch.no_grad():
+        last.lora_B["blank"].weight.fill_(0.1)  # only the last layer trained: no longer "no effect"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lh.switch(model, "blank")
