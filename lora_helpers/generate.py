@@ -1,6 +1,7 @@
 """Text generation: one prompt, a batch, a mixed-adapter batch, and routed generation."""
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -107,7 +108,9 @@ def _using(model, adapter):
     try:
         yield
     finally:
-        switch(model, before)
+        with warnings.catch_warnings():  # going back is not a new choice: no "untrained adapter" warning again
+            warnings.simplefilter("ignore")
+            switch(model, before)
 
 
 def route_and_generate(model, tokenizer, prompts, router, max_new_tokens: int = 128, fallback: str = BASE, **kw):
@@ -116,8 +119,6 @@ def route_and_generate(model, tokenizer, prompts, router, max_new_tokens: int = 
     Returns a list of ``(adapter, reply)``. A route naming an adapter that is not loaded falls back to
     ``fallback`` ("base" by default) with a warning, so a router never breaks generation.
     """
-    import warnings
-
     single = isinstance(prompts, str)
     prompts = [prompts] if single else list(prompts)
     loaded = set(getattr(model, "peft_config", {}) or {})

@@ -74,17 +74,15 @@ def adapter_switcher(model, tokenizer, router=None, **kw) -> AdapterSwitcher:
 
 
 def show_replies(prompt: str, replies: dict):
-    """Show one prompt's replies side by side (adapter -> reply) as an HTML table; returns the HTML object."""
+    """One prompt's replies side by side (adapter -> reply) as an HTML table (a notebook shows the result)."""
     from html import escape
 
-    from IPython.display import HTML, display
+    from IPython.display import HTML
 
     head = "".join(f"<th style='text-align:left'>{escape(name)}</th>" for name in replies)
     body = "".join(f"<td style='vertical-align:top;text-align:left'><pre style='white-space:pre-wrap'>"
                    f"{escape(text)}</pre></td>" for text in replies.values())
-    table = HTML(f"<p><b>Запрос:</b> {escape(prompt)}</p><table><tr>{head}</tr><tr>{body}</tr></table>")
-    display(table)
-    return table
+    return HTML(f"<p><b>Запрос:</b> {escape(prompt)}</p><table><tr>{head}</tr><tr>{body}</tr></table>")
 
 
 def plot_sizes(sizes: dict, ax=None):
