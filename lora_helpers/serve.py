@@ -265,11 +265,15 @@ class RoutedClient:
         return name, (resp.choices[0].message.content or "").strip()
 
     def chat_many(self, prompts, *, adapters=None, max_workers: int | None = None, **kw) -> list[tuple[str, str]]:
-        """:meth:`chat` for many prompts at once (concurrent requests; the server batches them), in order."""
+        """:meth:`chat` for many prompts at once (concurrent requests; the server batches them), in order.
+
+        ``adapters``: one name per prompt instead of routing (None in the list: route that prompt).
+        """
         prompts = list(prompts)
-        names = list(adapters) if adapters is not None else [self.route(p) for p in prompts]
+        names = list(adapters) if adapters is not None else [None] * len(prompts)
         if len(names) != len(prompts):
             raise AdapterError(f"adapters= has {len(names)} names for {len(prompts)} prompts; give one per prompt.")
+        names = [n or self.route(p) for p, n in zip(prompts, names)]
         if BASE in names:
             self._model_for(BASE)  # ask the server once, not from every thread
         if not prompts:

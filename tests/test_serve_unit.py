@@ -217,6 +217,9 @@ def test_chat_many_is_concurrent_and_ordered():
     assert fake.peak >= 3 and took < 6 * 0.3
     with pytest.raises(AdapterError, match="one per prompt"):
         client.chat_many(["a", "b"], adapters=["json"])
+    with FakeVLLM() as fake:
+        client = lh.RoutedClient(fake.url, FixedRouter("support"))
+        assert [a for a, _ in client.chat_many(["x", "y"], adapters=["coding", None])] == ["coding", "support"]
 
 
 def test_unknown_adapter_is_a_clear_adapter_error():
