@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import lora_helpers as lh
-from lora_helpers import serve
+from lora_helpers import serve, serve_local
 from lora_helpers.errors import AdapterError, AdapterNotFoundError, AdapterNotServedError, ServeError
 
 
@@ -253,7 +253,7 @@ def test_empty_prompt_is_refused_before_sending():
 
 
 def test_start_server_waits_for_health_and_always_stops(tmp_path):
-    port = serve.free_port()
+    port = serve_local.free_port()
     script = tmp_path / "srv.py"
     script.write_text(
         "import http.server, sys, time\n"
@@ -266,7 +266,7 @@ def test_start_server_waits_for_health_and_always_stops(tmp_path):
         "http.server.HTTPServer(('127.0.0.1', int(sys.argv[sys.argv.index('--port') + 1])), H).serve_forever()\n")
     cmd = [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port)]
     with pytest.raises(RuntimeError, match="inside"):
-        with serve.start_server(cmd, timeout=30, log_path=tmp_path / "log") as server:
+        with serve_local.start_server(cmd, timeout=30, log_path=tmp_path / "log") as server:
             assert server.base_url == f"http://127.0.0.1:{port}/v1" and server.start_s >= 0.4
             proc = server.process
             raise RuntimeError("inside")
@@ -275,19 +275,19 @@ def test_start_server_waits_for_health_and_always_stops(tmp_path):
 
 
 def test_start_server_reports_early_exit_and_timeout(tmp_path):
-    cmd = [sys.executable, "-c", "print('no model here'); raise SystemExit(3)", "--port", str(serve.free_port())]
+    cmd = [sys.executable, "-c", "print('no model here'); raise SystemExit(3)", "--port", str(serve_local.free_port())]
     with pytest.raises(ServeError, match=r"(?s)exited with code 3.*no model here"):
-        with serve.start_server(cmd, timeout=30):
+        with serve_local.start_server(cmd, timeout=30):
             pass
     cmd = [sys.executable, "-c", "import time; print('slow', flush=True); time.sleep(60)",
-           "--port", str(serve.free_port())]
+           "--port", str(serve_local.free_port())]
     t0 = time.perf_counter()
     with pytest.raises(ServeError, match=r"(?s)not healthy after 1 s.*slow"):
-        with serve.start_server(cmd, timeout=1):
+        with serve_local.start_server(cmd, timeout=1):
             pass
     assert time.perf_counter() - t0 < 30
     with pytest.raises(ServeError, match="not found"):
-        with serve.start_server(["/nonexistent/vllm", "serve", "x"], timeout=1):
+        with serve_local.start_server(["/nonexistent/vllm", "serve", "x"], timeout=1):
             pass
 
 
@@ -295,3 +295,15 @@ def test_missing_openai_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "openai", None)  # as if not installed
     with pytest.raises(ServeError, match="pip install openai"):
         lh.RoutedClient("http://127.0.0.1:1", FixedRouter("json"))
+
+
+def test_bench_markdown_and_default_command(tmp_path, capsys):
+    rows = [dict(path="PEFT", start_s=1.0, s=2.0, tokens=64, same=None),
+            dict(path="vLLM", start_s=None, s=4.0, tokens=64, same=3)]
+    table = serve_local.bench_markdown(rows)
+    assert "| PEFT | 1.0 | 2.00 | 64 | 32.0 | — |" in table and "| vLLM | — | 4.00 | 64 | 16.0 | 3 |" in table
+    for n in ("json", "coding", "support"):
+        make_adapter(tmp_path / f"lora_{n}", r=16)
+    serve.main(["--adapters", str(tmp_path)])
+    line = capsys.readouterr().out.strip()
+    assert "--max-lora-rank 16" in line and f"coding={tmp_path / 'lora_coding'}" in line

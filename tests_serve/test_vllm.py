@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import lora_helpers as lh
-from lora_helpers import serve
+from lora_helpers import serve, serve_local
 from lora_helpers.demo_data import BEHAVIOURS, load_examples
 from lora_helpers.errors import AdapterNotServedError
 from lora_helpers.evaluate import CHECKS, MAX_NEW_TOKENS
@@ -78,10 +78,10 @@ def workload(router):
 @pytest.fixture(scope="module")
 def server(workload, tmp_path_factory):
     """vLLM on a free 127.0.0.1 port with the three adapters; started after the PEFT run, stopped at the end."""
-    cmd = serve.vllm_command("smollm2-135m", sources(), port=serve.free_port(), program=serve.vllm_program(),
+    cmd = serve.vllm_command("smollm2-135m", sources(), port=serve_local.free_port(), program=serve_local.vllm_program(),
                              dtype="float32", max_model_len=1024)
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with serve.start_server(cmd, timeout=START_TIMEOUT_S, log_path=log) as s:
+    with serve_local.start_server(cmd, timeout=START_TIMEOUT_S, log_path=log) as s:
         print(f"\nvLLM healthy after {s.start_s:.1f} s: {serve.shell_line(cmd)}")
         yield s
 
