@@ -17,3 +17,5 @@ from .demo import demo_adapters, make_foreign_adapter
 from .bench import tokens_per_second
 from .router import KeywordRouter, SemanticRouter, evaluate_router, make_router
 from .serve import RoutedClient, shell_line, vllm_command
+from .train import train_adapter
+from .evaluate import evaluate_adapters

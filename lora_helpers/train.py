@@ -133,7 +133,8 @@ def _attach(model, name: str, config):
                                      f"(adapters: {sorted(model.peft_config)}). Pick a new name, or delete it "
                                      f"first with model.delete_adapter({name!r}).")
         model.add_adapter(name, config)
-        model.set_adapter(name)
+        model.set_adapter(name)  # PEFT's path: active and trainable
+        model.base_model.enable_adapter_layers()  # undo an earlier switch to "base" / disable_adapter
         return model
     if _is_quantized(model):  # QLoRA: fp32 norms, input grads, gradient checkpointing
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
@@ -196,6 +197,8 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
         bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     model.eval()
+    from .adapters import switch
+    switch(model, name)  # keep lh.active_adapter / lh.switch's state in step with PEFT's
     tail = losses[-min(5, len(losses)):]
     print(f"[{name}] end loss {sum(tail) / len(tail):.3f} (mean of the last {len(tail)} steps), "
           f"{len(losses)} steps in {time.perf_counter() - start:.0f} s")

@@ -81,6 +81,33 @@ def test_new_adapter_beside_existing_ones(tiny_model, tiny_tokenizer):
         train_adapter(model, tiny_tokenizer, EXAMPLES, "first", steps=1, progress=False)
 
 
+def test_training_after_switching_to_base(tiny_model, tiny_tokenizer):
+    """A model switched to "base" (adapter layers off) still trains the new adapter, which then runs."""
+    import lora_helpers as lh
+
+    model = train_adapter(tiny_model, tiny_tokenizer, EXAMPLES, "first", steps=2, progress=False)
+    lh.switch(model, "base")
+    model = train_adapter(model, tiny_tokenizer, EXAMPLES, "second", steps=3, lr=1e-2, progress=False)
+    assert lh.active_adapter(model) == "second"
+    lora_b = [p for n, p in model.named_parameters() if ".second." in n and "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: it was trained
+
+
+def test_quantized_base_goes_through_kbit_preparation(tiny_model, tiny_tokenizer, monkeypatch):
+    """QLoRA branch (needs a GPU for real): a 4-bit base is prepared with prepare_model_for_kbit_training."""
+    import peft
+
+    calls = []
+
+    def fake_prepare(model, **kw):
+        calls.append(kw)
+        return model
+    monkeypatch.setattr(peft, "prepare_model_for_kbit_training", fake_prepare)
+    tiny_model.is_loaded_in_4bit = True
+    train_adapter(tiny_model, tiny_tokenizer, EXAMPLES, "q", steps=1, progress=False)
+    assert calls and calls[0]["use_gradient_checkpointing"] is True
+
+
 def test_same_seed_same_adapter(tiny_tokenizer):
     import tiny
 
