@@ -29,7 +29,7 @@ demo: setup
 	@echo "Executed notebooks and HTML are in $(abspath $(BUILD)/notebooks)/"
 
 test: setup
-	$(PY) -m pytest -q tests --nbval-lax $(NOTEBOOKS) --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+	$(PY) -m pytest -q tests --nbval-lax $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
 test-unit: setup
 	$(PY) -m pytest -q tests -m "not real"

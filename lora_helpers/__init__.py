@@ -14,7 +14,7 @@ from .storage import find_token, resolve_adapter, save_adapter
 from .merge import MergeReport, combine_adapters, merge_and_save
 from .widgets import adapter_switcher, plot_sizes, show_replies
 from .demo import demo_adapters, make_foreign_adapter
-from .bench import tokens_per_second
+from .timing import median_time, tokens_per_second
 from .router import KeywordRouter, SemanticRouter, evaluate_router, make_router
 from .serve import RoutedClient, shell_line, vllm_command
 from .train import train_adapter
