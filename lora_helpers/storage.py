@@ -228,8 +228,12 @@ def inspect_adapter(folder: Path, allow_pickle: bool = False) -> AdapterFiles:
                                "Copy the whole adapter folder, or save it again.")
 
 
-def _write_local(model, name: str, target: Path, allow_pickle: bool) -> Path:
-    """Save adapter ``name`` to ``target`` through a temp folder beside it, then rename."""
+def _write_local(model, name: str, target: Path, allow_pickle: bool, card: bool = True) -> Path:
+    """Save adapter ``name`` to ``target`` through a temp folder beside it, then rename.
+
+    ``card=False`` drops the README.md model card PEFT writes (the shipped demo adapters hold only
+    adapter_config.json and the weights).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -239,6 +243,9 @@ def _write_local(model, name: str, target: Path, allow_pickle: bool) -> Path:
                               save_embedding_layers=False)
         out = stage if name == "default" else stage / name
         inspect_adapter(out, allow_pickle=allow_pickle)
+        if not card:
+            (out / "README.md").unlink(missing_ok=True)
+        out.chmod(0o755)  # mkdtemp makes the stage private; the saved folder should not be
         if not allow_pickle and any(p.suffix in PICKLE_SUFFIXES for p in out.rglob("*")):
             raise AdapterFileError(f"Saving '{name}' produced pickle files; expected safetensors only.")
         if target.exists():

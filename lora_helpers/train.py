@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -208,26 +206,11 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
 def save_adapter_folder(model, name: str, folder) -> Path:
     """Save adapter ``name`` as a plain PEFT folder (adapter_config.json + adapter_model.safetensors).
 
-    PEFT puts a non-default adapter into ``folder/name/``; this writes it into ``folder`` itself, via a
-    temp folder beside it and a rename, and drops the generated model card.
+    PEFT puts a non-default adapter into ``folder/name/``; this writes it into ``folder`` itself, atomically
+    (see :func:`lora_helpers.save_adapter`), without the generated model card.
     """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        model.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
-        src = tmp / name if (tmp / name).is_dir() else tmp
-        final = Path(tempfile.mkdtemp(prefix=f".{folder.name}-new-", dir=folder.parent))
-        for f in ("adapter_config.json", "adapter_model.safetensors"):
-            shutil.move(str(src / f), final / f)
-            (final / f).chmod(0o644)
-        final.chmod(0o755)  # mkdtemp makes it private
-        if folder.exists():
-            shutil.rmtree(folder)
-        final.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    from .storage import _write_local
+    return _write_local(model, name, Path(folder), allow_pickle=False, card=False)
 
 
 def main(argv=None) -> None:
