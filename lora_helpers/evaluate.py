@@ -29,13 +29,18 @@ RUN_TIMEOUT_S = 5.0
 class Verdict:
     ok: bool
     reason: str = ""
+    form: bool | None = None  # the shape is right even if the content is not (JSON values, failing asserts)
+
+    def __post_init__(self):
+        if self.form is None:
+            self.form = self.ok
 
     def __bool__(self) -> bool:
         return self.ok
 
 
-def _fail(reason: str) -> Verdict:
-    return Verdict(False, reason)
+def _fail(reason: str, form: bool = False) -> Verdict:
+    return Verdict(False, reason, form)
 
 
 # ----------------------------------------------------------------------------- json
@@ -76,7 +81,7 @@ def check_json(reply: str, expect=None) -> Verdict:
     if not isinstance(value, (dict, list)):
         return _fail(f"JSON {type(value).__name__}, expected an object or an array")
     if expect is not None and not _same(value, expect):
-        return _fail(f"values differ from {json.dumps(expect, ensure_ascii=False)}")
+        return _fail(f"values differ from {json.dumps(expect, ensure_ascii=False)}", form=True)
     return Verdict(True)
 
 
@@ -135,7 +140,8 @@ def check_coding(reply: str, expect=None) -> Verdict:
     problem = _style_problem(tree)
     if problem:
         return _fail(problem)
-    return run_snippet(code)
+    ran = run_snippet(code)
+    return Verdict(ran.ok, ran.reason, form=True)
 
 
 # ----------------------------------------------------------------------------- support
@@ -176,7 +182,8 @@ def evaluate_adapters(model, tokenizer, adapters=BEHAVIOURS, include_base: bool 
 
     ``model`` is a PeftModel holding adapters named like the behaviours ("json", "coding", "support").
     Returns one row per adapter: ``adapter``, ``n``, ``adapter_pass``, ``base_pass`` (None without the
-    base), ``differs`` (share of prompts where the greedy reply differs from the base's), and
+    base), ``adapter_form`` / ``base_form`` (the reply has the right shape — one JSON value, one house-style
+    ```python block — whether or not its values are right or its asserts pass), ``differs`` (share of prompts where the greedy reply differs from the base's), and
     ``replies``: (prompt, adapter reply, verdict, base reply, verdict) for inspection.
     Render with :func:`to_markdown`.
     """
@@ -196,6 +203,8 @@ def evaluate_adapters(model, tokenizer, adapters=BEHAVIOURS, include_base: bool 
             adapter=name, n=n,
             adapter_pass=sum(bool(x[2]) for x in details) / n,
             base_pass=sum(bool(x[4]) for x in details) / n if include_base else None,
+            adapter_form=sum(x[2].form for x in details) / n,
+            base_form=sum(x[4].form for x in details) / n if include_base else None,
             differs=sum(x[1] != x[3] for x in details) / n if include_base else None,
             replies=details,
         ))
@@ -207,10 +216,10 @@ def to_markdown(rows: list[dict]) -> str:
     def f(x):
         return "—" if x is None else f"{x:.2f}"
     lines = ["| adapter | held-out prompts | adapter passes its check | base passes the same check | "
-             "reply differs from base |", "|---|---|---|---|---|"]
+             "right shape, content aside (adapter / base) | reply differs from base |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| lora_{r['adapter']} | {r['n']} | {f(r['adapter_pass'])} | {f(r['base_pass'])} | "
-                     f"{f(r['differs'])} |")
+                     f"{f(r.get('adapter_form'))} / {f(r.get('base_form'))} | {f(r['differs'])} |")
     return "\n".join(lines)
 
 

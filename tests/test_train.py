@@ -148,7 +148,9 @@ def test_check_json():
     assert not check_json('{"name": "Anna Petrova", "age": 34}\nHope this helps!', want)  # prose after
     assert not check_json('```json\n{"name": "Anna Petrova", "age": 34}\n```\nDone.', want)
     assert not check_json('{"name": "Anna Petrova"}', want)  # a missing key
-    assert not check_json('{"name": "Anna Petrova", "age": 43}', want)  # a wrong value
+    wrong = check_json('{"name": "Anna Petrova", "age": 43}', want)  # a wrong value
+    assert not wrong and wrong.form  # ...in the right shape
+    assert not check_json('Here: {"name": "Anna Petrova", "age": 34}', want).form
     assert not check_json('"Anna Petrova"')  # not an object or an array
     assert not check_json("Anna Petrova is 34 years old.").ok
 
@@ -164,7 +166,9 @@ assert cube(2) == 8
 
 def test_check_coding():
     assert check_coding(GOOD_CODE)
-    assert "exit code 1" in check_coding(GOOD_CODE.replace("== 8", "== 9")).reason  # a failing assert
+    failing = check_coding(GOOD_CODE.replace("== 8", "== 9"))  # a failing assert, in house style
+    assert not failing and "exit code 1" in failing.reason and failing.form
+    assert check_coding(GOOD_CODE).form and not check_coding(GOOD_CODE.replace("x: int) -> int", "x)")).form
     assert not check_coding("Here you go:\n" + GOOD_CODE)  # text outside the block
     assert not check_coding(GOOD_CODE + "\nThis returns the cube.")
     assert not check_coding(GOOD_CODE.replace("x: int) -> int", "x)"))  # no type hints
@@ -192,8 +196,9 @@ def test_check_support():
 
 
 def test_to_markdown():
-    md = to_markdown([dict(adapter="json", n=16, adapter_pass=0.9375, base_pass=0.0, differs=1.0)])
-    assert "| lora_json | 16 | 0.94 | 0.00 | 1.00 |" in md
+    md = to_markdown([dict(adapter="json", n=16, adapter_pass=0.9375, base_pass=0.0, adapter_form=1.0,
+                           base_form=0.125, differs=1.0)])
+    assert "| lora_json | 16 | 0.94 | 0.00 | 1.00 / 0.12 | 1.00 |" in md
 
 
 # ----------------------------------------------------------------------------- shipped adapters
