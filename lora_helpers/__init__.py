@@ -16,6 +16,21 @@ from .widgets import adapter_switcher, plot_sizes, show_replies
 from .demo import demo_adapters, make_foreign_adapter
 from .timing import median_time, tokens_per_second
 from .router import KeywordRouter, SemanticRouter, evaluate_router, make_router
-from .serve import RoutedClient, shell_line, vllm_command
-from .train import train_adapter
-from .evaluate import evaluate_adapters
+
+# Modules that also run as scripts (python -m lora_helpers.train / .evaluate / .serve) are imported on
+# first use: importing them here would make runpy warn that the module was imported before it ran.
+_LAZY = {"RoutedClient": "serve", "shell_line": "serve", "vllm_command": "serve",
+         "train_adapter": "train", "evaluate_adapters": "evaluate"}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lora_helpers' has no attribute {name!r}")
+    from importlib import import_module
+    value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

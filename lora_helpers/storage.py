@@ -245,7 +245,9 @@ def _write_local(model, name: str, target: Path, allow_pickle: bool, card: bool 
         inspect_adapter(out, allow_pickle=allow_pickle)
         if not card:
             (out / "README.md").unlink(missing_ok=True)
-        out.chmod(0o755)  # mkdtemp makes the stage private; the saved folder should not be
+        out.chmod(0o755)  # temp dirs/files are private (0700/0600); a saved adapter should not be
+        for f in out.iterdir():
+            f.chmod(0o755 if f.is_dir() else 0o644)
         if not allow_pickle and any(p.suffix in PICKLE_SUFFIXES for p in out.rglob("*")):
             raise AdapterFileError(f"Saving '{name}' produced pickle files; expected safetensors only.")
         if target.exists():

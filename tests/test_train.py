@@ -124,7 +124,8 @@ def test_save_adapter_folder_is_plain_peft(tiny_model, tiny_tokenizer, tmp_path)
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "tests/tiny-mistral"
     assert [p.name for p in tmp_path.iterdir()] == ["lora_json"]  # no temp folders left behind
-    assert out.stat().st_mode & 0o055 == 0o055, "the saved folder must be readable by others (mkdtemp is 0700)"
+    for p in [out, *out.iterdir()]:
+        assert p.stat().st_mode & 0o044 == 0o044, f"{p.name} must be readable by others (temp files are private)"
 
 
 # ----------------------------------------------------------------------------- data
