@@ -183,7 +183,8 @@ def evaluate_adapters(model, tokenizer, adapters=BEHAVIOURS, include_base: bool 
     ``model`` is a PeftModel holding adapters named like the behaviours ("json", "coding", "support").
     Returns one row per adapter: ``adapter``, ``n``, ``adapter_pass``, ``base_pass`` (None without the
     base), ``adapter_form`` / ``base_form`` (the reply has the right shape — one JSON value, one house-style
-    ```python block — whether or not its values are right or its asserts pass), ``differs`` (share of prompts where the greedy reply differs from the base's), and
+    ```python block — whether or not its values are right or its asserts pass), ``differs`` (share of
+    prompts where the greedy reply differs from the base's), and
     ``replies``: (prompt, adapter reply, verdict, base reply, verdict) for inspection.
     Render with :func:`to_markdown`.
     """
