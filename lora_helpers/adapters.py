@@ -15,12 +15,21 @@ from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
 from peft.utils.other import AuxiliaryTrainingWrapper
 
+from .demo_data import BEHAVIOURS
 from .errors import AdapterError, AdapterExistsError, AdapterFileError, AdapterNotFoundError, BaseMismatchError
 from .storage import AdapterFiles, inspect_adapter, resolve_adapter
 
 BASE = "base"
-DEMO_ADAPTERS = {n: Path(__file__).resolve().parent.parent / "adapters" / f"lora_{n}"
-                 for n in ("json", "coding", "support")}
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "adapters"
+
+
+def demo_sources(adapters_dir=None, names=BEHAVIOURS) -> dict:
+    """The demo adapters as {name: folder}: ``lora_<name>/`` in ``adapters_dir`` (default: the shipped ones)."""
+    root = Path(adapters_dir) if adapters_dir else SHIPPED_DIR
+    return {n: root / f"lora_{n}" for n in names}
+
+
+DEMO_ADAPTERS = demo_sources()
 _LORA_KEY = re.compile(r"^(.+?)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(\.|$)")
 _QUANT_TAGS = ("-bnb-4bit", "-bnb-8bit", "-4bit", "-8bit", "-gguf", "-awq", "-gptq", "-fp16", "-bf16")
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()    # model -> (configs, layers, aux)
@@ -172,26 +181,21 @@ def _warn_zero(name: str, stacklevel: int) -> None:
 
 
 def _loaded_zero(model, name: str) -> bool:
-    """True when every lora_B of a loaded adapter is zero; usually decided by the first tensor (µs)."""
-    _, layers, _ = _state(model)
-    weights = (m.lora_B[name].weight for m in layers if name in getattr(m, "lora_B", {}))
-    first = next(weights, None)
-    return first is not None and not first.any() and not any(w.any() for w in weights)
+    """True when every lora_B (and lora_embedding_B) of a loaded adapter is zero; usually the first decides (µs)."""
+    def weights():
+        for m in _state(model)[1]:
+            if name in getattr(m, "lora_B", {}):
+                yield m.lora_B[name].weight
+            if name in getattr(m, "lora_embedding_B", {}):
+                yield m.lora_embedding_B[name]
+    ws = weights()
+    first = next(ws, None)
+    return first is not None and not first.any() and not any(w.any() for w in ws)
 
 
 def _memory_bytes(model, name: str) -> int:
     """Bytes of an adapter's LoRA tensors in memory (for adapters not loaded from a file we know)."""
     return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n)
-
-
-def _zero_effect(files: AdapterFiles) -> bool:
-    """True when every lora_B tensor is all zeros (an untrained adapter: it will not change the model)."""
-    keys = [k for k in files.shapes if ".lora_B" in k or ".lora_embedding_B" in k]
-    if not keys or files.weights.suffix != ".safetensors":
-        return False
-    from safetensors import safe_open
-    with safe_open(str(files.weights), framework="pt") as f:
-        return all(not f.get_tensor(k).any() for k in keys)
 
 
 class _Snapshot:
@@ -313,8 +317,8 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
     else:  # keep what ran before; the first new adapter runs when none did
         _apply(model, snap.active if snap.off or snap.active in model.peft_config else plans[0][0])
     _SOURCES.setdefault(model, {}).update({n: f.weights for n, f in plans})
-    for name, files in plans:
-        if _zero_effect(files):
+    for name, _ in plans:
+        if _loaded_zero(model, name):
             _warn_zero(name, stacklevel=3)
     return model
 

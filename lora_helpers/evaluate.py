@@ -228,6 +228,7 @@ def main(argv=None) -> None:
     import argparse
 
     from . import load_adapters, load_base, setup
+    from .adapters import demo_sources
 
     p = argparse.ArgumentParser(description="Held-out pass rates of the demo adapters vs the base.")
     p.add_argument("--adapters", default=None, help="folder with lora_json/, lora_coding/, lora_support/ "
@@ -236,11 +237,7 @@ def main(argv=None) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="print every failing reply")
     args = p.parse_args(argv)
     setup()
-    if args.adapters:
-        sources = {n: Path(args.adapters) / f"lora_{n}" for n in args.only}
-    else:
-        from .adapters import DEMO_ADAPTERS
-        sources = {n: DEMO_ADAPTERS[n] for n in args.only}
+    sources = demo_sources(args.adapters, args.only)
     model, tok = load_base("smollm2-135m")
     model = load_adapters(model, sources)
     rows = evaluate_adapters(model, tok, adapters=args.only)

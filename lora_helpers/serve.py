@@ -272,7 +272,8 @@ class RoutedClient:
 def main(argv=None) -> None:
     import argparse
 
-    from .serve_local import bench_markdown, bench_serving, demo_sources
+    from .adapters import demo_sources
+    from .serve_local import bench_markdown, bench_serving
 
     p = argparse.ArgumentParser(description="Serve the demo adapters with vLLM: print the command or measure.")
     p.add_argument("--bench", action="store_true", help="PEFT mixed batch vs vLLM on the same workload")

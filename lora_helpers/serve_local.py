@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .adapters import demo_sources
 from .errors import ServeError
 from .serve import RoutedClient, shell_line, vllm_command
 
@@ -129,14 +130,6 @@ def start_server(cmd, timeout: float = 300.0, env: Mapping | None = None, log_pa
 
 
 # ----------------------------------------------------------------------------- the measurement
-def demo_sources(adapters_dir=None) -> dict:
-    """The demo adapters {name: folder}: the shipped ones, or lora_<name>/ folders in ``adapters_dir``."""
-    from .adapters import DEMO_ADAPTERS
-    if adapters_dir:
-        return {n: Path(adapters_dir) / f"lora_{n}" for n in DEMO_ADAPTERS}
-    return dict(DEMO_ADAPTERS)
-
-
 def _best(fn, repeat: int):
     """(the result of the last call, the fastest of ``repeat`` timed calls of ``fn``)."""
     times = []

@@ -218,6 +218,7 @@ def save_adapter_folder(model, name: str, folder) -> Path:
 def main(argv=None) -> None:
     import argparse
 
+    from .adapters import demo_sources
     from .base import EMBEDDED_NAME, load_base, setup
     from .demo_data import BEHAVIOURS
 
@@ -235,7 +236,7 @@ def main(argv=None) -> None:
         if model.name_or_path != EMBEDDED_NAME:
             raise AdapterError(f"Expected the embedded base {EMBEDDED_NAME}, got {model.name_or_path}.")
         model = train_adapter(model, tok, name, name, seed=args.seed, **RECIPES[name])
-        out = save_adapter_folder(model, name, Path(args.out) / f"lora_{name}")
+        out = save_adapter_folder(model, name, demo_sources(args.out)[name])
         size = (out / "adapter_model.safetensors").stat().st_size / 2**20
         print(f"[{name}] saved {out} ({size:.2f} MB)")
     print(f"total {time.perf_counter() - t0:.0f} s")
