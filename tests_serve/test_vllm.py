@@ -17,6 +17,7 @@ import torch
 
 import lora_helpers as lh
 from lora_helpers import serve, serve_local
+from lora_helpers.adapters import demo_sources
 from lora_helpers.demo_data import BEHAVIOURS, load_examples
 from lora_helpers.errors import AdapterNotServedError
 from lora_helpers.evaluate import CHECKS, MAX_NEW_TOKENS
@@ -28,8 +29,7 @@ MAX_TOKENS = max(MAX_NEW_TOKENS.values())
 
 
 def sources() -> dict[str, Path]:
-    folder = os.environ.get("LORA_SERVE_ADAPTERS")
-    found = {n: Path(folder) / f"lora_{n}" for n in BEHAVIOURS} if folder else dict(lh.DEMO_ADAPTERS)
+    found = demo_sources(os.environ.get("LORA_SERVE_ADAPTERS"))
     missing = [str(p) for p in found.values() if not (p / "adapter_config.json").exists()]
     if missing:
         pytest.fail(f"Adapters missing: {missing}. Train them with `make train` (or set LORA_SERVE_ADAPTERS).")
