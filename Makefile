@@ -42,10 +42,10 @@ train: setup
 	$(PY) -m lora_helpers.train --all
 
 evaluate: setup
-	$(PY) -m lora_helpers.evaluate
+	$(PY) -m lora_helpers.course.evaluate
 
 bench: setup
-	$(PY) -m lora_helpers.bench
+	$(PY) -m lora_helpers.course.bench
 
 clean:
 	rm -rf $(BUILD) adapters_session drive_standin

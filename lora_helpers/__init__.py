@@ -9,18 +9,20 @@ from .errors import (
 # -- module exports (one line per module) --
 from .base import PRESETS, cache_dir, in_colab, load_base, pick_device, setup
 from .generate import generate, route_and_generate
-from .adapters import DEMO_ADAPTERS, active_adapter, list_adapters, load_adapters, switch
+from .adapters import active_adapter, list_adapters, load_adapters, switch
 from .storage import find_token, resolve_adapter, save_adapter
 from .merge import MergeReport, combine_adapters, merge_and_save
 from .widgets import adapter_switcher, plot_sizes, show_replies
-from .demo import demo_adapters, make_foreign_adapter
-from .timing import median_time, tokens_per_second
+# course tooling (lora_helpers.course): demo adapters and data, timing for the notebooks
+from .course.demo import demo_adapters, make_foreign_adapter
+from .course.demo_data import DEMO_ADAPTERS
+from .course.timing import median_time, tokens_per_second
 from .router import KeywordRouter, SemanticRouter, evaluate_router, make_router
 
-# Modules that also run as scripts (python -m lora_helpers.train / .evaluate / .serve) are imported on
+# Modules that also run as scripts (python -m lora_helpers.train / .serve / .course.evaluate) are imported on
 # first use: importing them here would make runpy warn that the module was imported before it ran.
 _LAZY = {"RoutedClient": "serve", "shell_line": "serve", "vllm_command": "serve",
-         "train_adapter": "train", "evaluate_adapters": "evaluate"}
+         "train_adapter": "train", "evaluate_adapters": "course.evaluate"}
 
 
 def __getattr__(name):

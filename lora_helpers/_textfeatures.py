@@ -14,11 +14,10 @@ import json
 import math
 import re
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
-DATA_DIR = Path(__file__).parent / "data"
+from .course.demo_data import DATA_DIR  # the shipped labelled prompts
 _SPACES = re.compile(r"\s+")
 _TOKEN = re.compile(r"\w+|[^\w\s]")   # words, and each punctuation mark on its own
 
@@ -138,7 +137,7 @@ def hidden_state_features(model, tokenizer, texts: list[str], layer: int | None 
 
 
 def load_labelled(name: str) -> list[dict]:
-    """Read ``lora_helpers/data/<name>.jsonl`` (e.g. ``"router_examples"``, ``"router_eval"``)."""
+    """Read ``lora_helpers/course/data/<name>.jsonl`` (e.g. ``"router_examples"``, ``"router_eval"``)."""
     path = DATA_DIR / f"{name}.jsonl"
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

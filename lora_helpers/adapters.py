@@ -15,21 +15,10 @@ from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
 from peft.utils.other import AuxiliaryTrainingWrapper
 
-from .demo_data import BEHAVIOURS
 from .errors import AdapterError, AdapterExistsError, AdapterFileError, AdapterNotFoundError, BaseMismatchError
+from .names import BASE, check_name
 from .storage import AdapterFiles, inspect_adapter, resolve_adapter
 
-BASE = "base"
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "adapters"
-
-
-def demo_sources(adapters_dir=None, names=BEHAVIOURS) -> dict:
-    """The demo adapters as {name: folder}: ``lora_<name>/`` in ``adapters_dir`` (default: the shipped ones)."""
-    root = Path(adapters_dir) if adapters_dir else SHIPPED_DIR
-    return {n: root / f"lora_{n}" for n in names}
-
-
-DEMO_ADAPTERS = demo_sources()
 _LORA_KEY = re.compile(r"^(.+?)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(\.|$)")
 _QUANT_TAGS = ("-bnb-4bit", "-bnb-8bit", "-4bit", "-8bit", "-gguf", "-awq", "-gptq", "-fp16", "-bf16")
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()    # model -> (configs, layers, aux)
@@ -266,13 +255,6 @@ class _Snapshot:
             base.config.pretraining_tp = self.tp
 
 
-def _check_name(name) -> None:
-    if not isinstance(name, str) or not name or "." in name or name == BASE or name in "lora_":
-        raise AdapterError(f"{name!r} cannot name an adapter: use a non-empty string without dots, not part of "
-                           f"'lora_' (PEFT would mix it up with its weight names), and not {BASE!r} (that name "
-                           "means 'no adapter'). Example: 'json'.")
-
-
 def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, check_base: bool = True,
                   allow_pickle: bool = False):
     """Load ``{name: source}`` into the model and return the PeftModel.
@@ -288,7 +270,7 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
     loaded = list(model.peft_config) if isinstance(model, PeftModel) else []
     plans = []
     for name, source in adapters.items():
-        _check_name(name)
+        check_name(name)
         if name in loaded and not replace:
             raise AdapterExistsError(f"An adapter named {name!r} is already loaded (loaded: {', '.join(loaded)}). "
                                      "Pick another name, or pass replace=True to load the new one over it.")

@@ -44,6 +44,14 @@ def in_colab() -> bool:
         return False
 
 
+def is_quantized(model) -> bool:
+    """True for a bitsandbytes 4/8-bit (or otherwise quantized) model: merge and train treat it apart."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+                or getattr(model, "quantization_method", None) is not None
+                or getattr(getattr(model, "config", None), "quantization_config", None) is not None)
+
+
 def pick_device() -> str:
     """"cuda" when a CUDA GPU is usable, else "cpu" (the d2l ``try_gpu`` idea)."""
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -7,8 +7,8 @@ from contextlib import contextmanager
 import torch
 
 from .errors import AdapterError, PromptError
+from .names import BASE
 
-BASE = "base"           # our name for "no adapter"
 PEFT_BASE = "__base__"  # PEFT's name for it in ``adapter_names``
 
 

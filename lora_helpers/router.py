@@ -3,7 +3,7 @@
 * ``KeywordRouter`` — the cheat-sheet's rules («json», «схем» → json; «код», «bug» → coding),
   extended with English and Russian stems; no model, microseconds per prompt.
 * ``SemanticRouter`` — a small classifier trained at construction on labelled example prompts
-  (shipped in ``lora_helpers/data/router_examples.jsonl``) over character n-grams and keyword
+  (shipped in ``lora_helpers/course/data/router_examples.jsonl``) over character n-grams and keyword
   counts, optionally joined with the base model's own hidden states; no download, no scikit-learn.
   Unsure → keyword rules → default. On the shipped eval set (72 EN+RU prompts, half without any
   keyword): keyword 0.65, n-grams 0.96, n-grams + SmolLM2-135M hidden states 0.99.

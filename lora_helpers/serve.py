@@ -5,7 +5,7 @@
 - :class:`RoutedClient` routes each prompt with a project router and sends it to the server's
   OpenAI-compatible API with ``model=<adapter name>``.
 - ``python -m lora_helpers.serve`` prints the command for the demo adapters; ``--bench`` compares PEFT's
-  mixed batch in-process with vLLM (see :mod:`lora_helpers.serve_local`, which also starts servers here).
+  mixed batch in-process with vLLM (see :mod:`lora_helpers.course.serve_local`, which also starts servers here).
 
 Neither vLLM nor ``openai`` is needed to import this module: vLLM runs as a separate program (its CPU
 build lives in its own environment, see ``make serve-setup``), and ``openai`` is imported by the client.
@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import AdapterError, AdapterNotFoundError, AdapterNotServedError, ServeError
+from .names import BASE
 
-BASE = "base"
 # vLLM accepts only these values for --max-lora-rank (vllm/config/lora.py); an adapter above it is refused.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -272,24 +272,12 @@ class RoutedClient:
 def main(argv=None) -> None:
     import argparse
 
-    from .adapters import demo_sources
-    from .serve_local import bench_markdown, bench_serving
+    from .course.demo_data import demo_sources
 
-    p = argparse.ArgumentParser(description="Serve the demo adapters with vLLM: print the command or measure.")
-    p.add_argument("--bench", action="store_true", help="PEFT mixed batch vs vLLM on the same workload")
+    p = argparse.ArgumentParser(description="Print the vLLM command that serves the demo adapters.")
     p.add_argument("--adapters", default=None, help="folder with lora_json/, lora_coding/, lora_support/")
-    p.add_argument("--tokens", type=int, default=32, help="new tokens per prompt (default 32)")
-    p.add_argument("--per-adapter", type=int, default=2, help="prompts per adapter (default 2)")
-    p.add_argument("--dtype", default="float32", help="vLLM's --dtype (default float32, as PEFT here)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for PEFT (default: as vLLM's worker)")
-    p.add_argument("--repeat", type=int, default=3, help="runs per workload; the fastest counts (default 3)")
     args = p.parse_args(argv)
-    sources = demo_sources(args.adapters)
-    if args.bench:
-        print(bench_markdown(bench_serving(sources, per_adapter=args.per_adapter, max_new_tokens=args.tokens,
-                                           repeat=args.repeat, dtype=args.dtype, threads=args.threads)))
-    else:
-        print(shell_line(vllm_command("smollm2-135m", sources, max_model_len=1024)))
+    print(shell_line(vllm_command("smollm2-135m", demo_sources(args.adapters), max_model_len=1024)))
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
     from tqdm.auto import tqdm
 
     if isinstance(examples, str):
-        from .demo_data import load_examples
+        from .course.demo_data import load_examples
         examples = load_examples(examples)
     examples = list(examples)
     if not examples:
@@ -218,9 +218,8 @@ def save_adapter_folder(model, name: str, folder) -> Path:
 def main(argv=None) -> None:
     import argparse
 
-    from .adapters import demo_sources
     from .base import EMBEDDED_NAME, load_base, setup
-    from .demo_data import BEHAVIOURS
+    from .course.demo_data import BEHAVIOURS, demo_sources
 
     p = argparse.ArgumentParser(description="Train the demo adapters (fixed seed) on the embedded SmolLM2 base.")
     g = p.add_mutually_exclusive_group(required=True)

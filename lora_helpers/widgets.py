@@ -4,7 +4,8 @@ from __future__ import annotations
 import ipywidgets as widgets
 
 from .errors import AdapterError
-from .generate import BASE, generate
+from .generate import generate
+from .names import BASE
 
 AUTO = "auto (router)"
 

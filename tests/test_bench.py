@@ -3,7 +3,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 import lora_helpers as lh
-from lora_helpers import bench
+from lora_helpers.course import bench
 
 
 def peft_tiny(tiny_model, names=("json", "coding")):

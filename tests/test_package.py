@@ -17,9 +17,56 @@ def test_lazy_exports_resolve():
         lh.no_such_thing
 
 
-@pytest.mark.parametrize("module", ["train", "evaluate", "serve", "bench"])
+@pytest.mark.parametrize("module", ["train", "serve", "course.evaluate", "course.bench", "course.serve_local"])
 def test_modules_run_as_scripts_without_warnings(module):
     r = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", f"lora_helpers.{module}", "--help"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "usage:" in r.stdout and "Warning" not in r.stderr
+
+
+def _imports(path, package_parts):
+    """The lora_helpers modules that ``path`` imports at module level (function-level imports included)."""
+    import ast
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package_parts[:len(package_parts) - node.level]
+            if node.module:
+                found.add(".".join(base + node.module.split(".")))
+            else:
+                found.update(".".join(base + [a.name]) for a in node.names)
+    return found
+
+
+def test_no_import_cycles():
+    from pathlib import Path
+    root = Path(lh.__file__).parent
+    graph = {}
+    for path in root.rglob("*.py"):
+        parts = ["lora_helpers"] + list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+            pkg = parts
+        else:
+            pkg = parts[:-1]
+        graph[".".join(parts)] = {m for m in _imports(path, pkg + ["_"]) if m != ".".join(parts)}
+    modules = set(graph)
+    graph = {m: {d if d in modules else d.rsplit(".", 1)[0] for d in deps} & modules for m, deps in graph.items()}
+    # a package __init__ re-exports; cycles through it are how Python packages work, so leave it out
+    inits = {"lora_helpers", "lora_helpers.course"}
+    edges = {m: deps - inits for m, deps in graph.items() if m not in inits}
+    state = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for d in edges.get(m, ()):
+            assert state.get(d) != "open", f"import cycle: {' -> '.join(stack + [m, d])}"
+            if d not in state:
+                visit(d, stack + [m])
+        state[m] = "done"
+
+    for m in edges:
+        if m not in state:
+            visit(m, [])
+    assert "lora_helpers.serve" in edges and "lora_helpers.course.serve_local" in edges

@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import lora_helpers as lh
-from lora_helpers import serve, serve_local
+from lora_helpers import serve
+from lora_helpers.course import serve_local
 from lora_helpers.errors import AdapterError, AdapterNotFoundError, AdapterNotServedError, ServeError
 
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import lora_helpers as lh
-from lora_helpers import serve, serve_local
-from lora_helpers.adapters import demo_sources
-from lora_helpers.demo_data import BEHAVIOURS, load_examples
+from lora_helpers import serve
+from lora_helpers.course import serve_local
+from lora_helpers.course.demo_data import BEHAVIOURS, demo_sources, load_examples
 from lora_helpers.errors import AdapterNotServedError
-from lora_helpers.evaluate import CHECKS, MAX_NEW_TOKENS
+from lora_helpers.course.evaluate import CHECKS, MAX_NEW_TOKENS
 
 PER_ADAPTER = 2        # held-out prompts per adapter sent to the server
 CHUNK = 4              # in-process candidates generated at a time, until PER_ADAPTER pass

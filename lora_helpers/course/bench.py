@@ -1,6 +1,6 @@
 """Benchmarks of the course's claims, each measured against its alternative in the same run.
 
-``python -m lora_helpers.bench`` (or ``make bench``) prints a markdown table with the machine's
+``python -m lora_helpers.course.bench`` (or ``make bench``) prints a markdown table with the machine's
 description and writes ``bench.md`` and ``bench.png`` (default folder: build/bench).
 Ratios matter more than absolute figures: the machines are shared and noisy.
 """
@@ -30,7 +30,7 @@ MIXED_PROMPTS = [
 # ----------------------------------------------------------------------------- the measurements
 def bench_switch(model, names, repeat: int = 30) -> dict:
     """lh.switch vs PEFT set_adapter, median seconds per call (cycling through ``names``)."""
-    from .adapters import switch
+    from ..adapters import switch
 
     def cycle(fn):
         state = {"i": 0}
@@ -49,8 +49,8 @@ def bench_switch(model, names, repeat: int = 30) -> dict:
 
 def bench_load(adapters: dict, repeat: int = 3) -> list[dict]:
     """Per adapter: ``load_adapters`` onto a fresh base vs reading the same bytes from disk."""
-    from .adapters import load_adapters
-    from .base import load_base
+    from ..adapters import load_adapters
+    from ..base import load_base
 
     rows = []
     for name, folder in adapters.items():
@@ -71,7 +71,7 @@ def bench_load(adapters: dict, repeat: int = 3) -> list[dict]:
 
 def bench_batches(model, tokenizer, router, prompts=MIXED_PROMPTS, max_new_tokens: int = 32, repeat: int = 3):
     """The same routed prompts as one mixed batch, grouped by adapter, and one at a time."""
-    from .generate import generate
+    from ..generate import generate
 
     routes = [router.route(p) for p in prompts]
     kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
@@ -128,7 +128,7 @@ def bench_scale(counts=(1, 4, 16, 64), r: int = 16, repeat: int = 20) -> list[di
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
 
-    from .base import load_base
+    from ..base import load_base
 
     base, _ = load_base("smollm2-135m")
     base_bytes = tensor_bytes(base)
@@ -148,7 +148,7 @@ def bench_scale(counts=(1, 4, 16, 64), r: int = 16, repeat: int = 20) -> list[di
 
 def bench_router(model=None, tokenizer=None, prompts=MIXED_PROMPTS, repeat: int = 20) -> dict:
     """Median routing latency per prompt for the keyword and the semantic router."""
-    from .router import make_router
+    from ..router import make_router
 
     routers = {"keyword": make_router("keyword"), "semantic (n-grams)": make_router("semantic")}
     if model is not None:
@@ -242,10 +242,11 @@ def plot(r: dict, path: Path) -> None:
 
 
 def run_all(scale=(1, 4, 16, 64)) -> dict:
-    from .adapters import DEMO_ADAPTERS, load_adapters
-    from .base import load_base, setup
-    from .merge import merge_and_save
-    from .router import make_router
+    from ..adapters import load_adapters
+    from .demo_data import DEMO_ADAPTERS
+    from ..base import load_base, setup
+    from ..merge import merge_and_save
+    from ..router import make_router
 
     setup()
     names = list(DEMO_ADAPTERS)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .adapters import DEMO_ADAPTERS
-from .base import EMBEDDED_NAME
-from .errors import AdapterNotFoundError
+from ..base import EMBEDDED_NAME
+from ..errors import AdapterNotFoundError
+from .demo_data import DEMO_ADAPTERS
 
 NAMES = ("json", "coding", "support")
 
@@ -21,8 +21,8 @@ def demo_adapters(model, tokenizer, where: str = "drive", progress: bool = True)
     base = getattr(model, "name_or_path", "") or ""
     if base == EMBEDDED_NAME:
         return dict(DEMO_ADAPTERS)
-    from .storage import resolve_adapter, save_adapter
-    from .train import RECIPES, train_adapter
+    from ..storage import resolve_adapter, save_adapter
+    from ..train import RECIPES, train_adapter
 
     slug = base.strip("/").replace("/", "--") or "base"
     sources = {n: f"{where}:{slug}/lora_{n}" for n in NAMES}

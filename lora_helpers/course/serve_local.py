@@ -3,7 +3,7 @@
 - :func:`start_server` starts a ``vllm_command(...)`` as a subprocess, waits for ``/health`` and always
   stops it; :func:`vllm_program` finds vLLM (``.venv-serve`` from ``make serve-setup``).
 - :func:`bench_serving` runs the same mixed workload through PEFT's mixed batch and through vLLM
-  (``python -m lora_helpers.serve --bench`` prints it with :func:`bench_markdown`).
+  (``python -m lora_helpers.course.serve_local`` prints it with :func:`bench_markdown`).
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adapters import demo_sources
-from .errors import ServeError
-from .serve import RoutedClient, shell_line, vllm_command
+from ..errors import ServeError
+from .demo_data import demo_sources
+from ..serve import RoutedClient, shell_line, vllm_command
 
 # Defaults for a server started by start_server (the caller's environment wins): a small KV cache (GiB)
 # for vLLM's CPU build, and no usage statistics sent home.
@@ -156,10 +156,10 @@ def bench_serving(adapters: Mapping | None = None, per_adapter: int = 2, max_new
 
     import torch
 
-    from .adapters import load_adapters
-    from .base import load_base, setup
+    from ..adapters import load_adapters
+    from ..base import load_base, setup
     from .demo_data import load_examples
-    from .generate import generate
+    from ..generate import generate
 
     sources = dict(adapters or demo_sources())
     names = [n for _ in range(per_adapter) for n in sources]
@@ -217,3 +217,23 @@ def bench_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['path']} | {f(r['start_s'])} | {f(r['s'], '.2f')} | {r['tokens']} | "
                      f"{f(r['tokens'] / r['s'])} | {'—' if r['same'] is None else r['same']} |")
     return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="PEFT's mixed batch in-process vs vLLM serving the demo adapters.")
+    p.add_argument("--adapters", default=None, help="folder with lora_json/, lora_coding/, lora_support/")
+    p.add_argument("--tokens", type=int, default=32, help="new tokens per prompt (default 32)")
+    p.add_argument("--per-adapter", type=int, default=2, help="prompts per adapter (default 2)")
+    p.add_argument("--dtype", default="float32", help="vLLM's --dtype (default float32, as PEFT here)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for PEFT (default: as vLLM's worker)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per workload; the fastest counts (default 3)")
+    args = p.parse_args(argv)
+    print(bench_markdown(bench_serving(demo_sources(args.adapters), per_adapter=args.per_adapter,
+                                       max_new_tokens=args.tokens, repeat=args.repeat, dtype=args.dtype,
+                                       threads=args.threads)))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@
   least one ``assert`` that exercises the code; the snippet runs clean in a subprocess (timeout 5 s).
 - support: a greeting or an apology, then numbered steps ``1. ... 2. ...``; no code, no JSON.
 
-``python -m lora_helpers.evaluate [--adapters DIR]`` prints the markdown table.
+``python -m lora_helpers.course.evaluate [--adapters DIR]`` prints the markdown table.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .demo_data import BEHAVIOURS, load_examples
+from .demo_data import BEHAVIOURS, demo_sources, load_examples
 
 # Replies are short by design; these limits only stop a rambling base model early.
 MAX_NEW_TOKENS = {"json": 96, "coding": 160, "support": 160}
@@ -172,7 +172,7 @@ CHECKS = {"json": check_json, "coding": check_coding, "support": check_support}
 
 # ----------------------------------------------------------------------------- the table
 def _replies(model, tokenizer, prompts, adapter, max_new_tokens):
-    from .generate import generate
+    from ..generate import generate
     return generate(model, tokenizer, prompts, adapter=adapter, max_new_tokens=max_new_tokens)
 
 
@@ -227,8 +227,7 @@ def to_markdown(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     import argparse
 
-    from . import load_adapters, load_base, setup
-    from .adapters import demo_sources
+    from .. import load_adapters, load_base, setup
 
     p = argparse.ArgumentParser(description="Held-out pass rates of the demo adapters vs the base.")
     p.add_argument("--adapters", default=None, help="folder with lora_json/, lora_coding/, lora_support/ "

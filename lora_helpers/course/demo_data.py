@@ -9,11 +9,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import AdapterError
+from ..errors import AdapterError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BEHAVIOURS = ("json", "coding", "support")
 SPLITS = ("train", "heldout")
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "adapters"
+
+
+def demo_sources(adapters_dir=None, names=BEHAVIOURS) -> dict:
+    """The demo adapters as {name: folder}: ``lora_<name>/`` in ``adapters_dir`` (default: the shipped ones)."""
+    root = Path(adapters_dir) if adapters_dir else SHIPPED_DIR
+    return {n: root / f"lora_{n}" for n in names}
+
+
+DEMO_ADAPTERS = demo_sources()
 
 
 def data_file(behaviour: str, split: str = "train") -> Path:

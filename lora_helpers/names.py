@@ -1,0 +1,26 @@
+"""Adapter names: the one spelling of "no adapter", and what a name may look like."""
+from __future__ import annotations
+
+import re
+
+from .errors import AdapterError
+
+BASE = "base"  # the name of "no adapter": switch(model, BASE) runs the plain base model
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+_RESERVED = {BASE, "__base__"}
+
+
+def check_name(name, what: str = "an adapter") -> str:
+    """Return ``name`` when it can name an adapter (letters, digits, ``_`` and ``-``), else raise AdapterError.
+
+    Plain names keep adapters apart from PEFT's weight keys (no dots), from folders (no ``/``, no ``..``)
+    and from the names this package and PEFT's mixed batches give a meaning ("base", "__base__"); a part of
+    "lora_" would be mixed up with PEFT's weight names.
+    """
+    if (not isinstance(name, str) or not _PLAIN.fullmatch(name) or name in _RESERVED
+            or name in "lora_"):
+        raise AdapterError(
+            f"{name!r} cannot name {what}: use letters, digits, '_' and '-' only (no '.', '/', spaces), "
+            f"not starting with '-', not part of 'lora_', and not {BASE!r} or '__base__' ({BASE!r} means "
+            "'no adapter'). Example: 'json'.")
+    return name
