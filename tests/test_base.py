@@ -12,7 +12,7 @@ from lora_helpers import base
 def test_unknown_preset_lists_presets():
     with pytest.raises(lh.BaseModelError) as e:
         lh.load_base("llama-9000")
-    for name in ("auto", "smollm2-135m", "mistral-7b"):
+    for name in ("auto", "smollm2-135m", "smollm2-135m-4bit", "mistral-7b"):
         assert name in str(e.value)
 
 
@@ -93,6 +93,97 @@ def test_corrupt_cache_is_rebuilt(fake_conversion, damage):
     with pytest.warns(UserWarning, match="rebuilding"):
         model, _ = lh.load_base("smollm2-135m", device="cpu")
     assert len(runs) == 2 and isinstance(model, torch.nn.Module)
+
+
+@pytest.mark.parametrize("kw", [{"device": "cuda"}, {"device": "gpu"}, {"device": 0}, {"dtype": torch.int8},
+                                {"dtype": "float32"}])
+def test_bad_device_or_dtype_is_refused_before_any_work(fake_conversion, monkeypatch, kw):
+    _, runs, target = fake_conversion
+    monkeypatch.setattr(base.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(lh.BaseModelError, match="device|dtype"):
+        lh.load_base("smollm2-135m", **kw)
+    assert runs == [] and not target.exists()
+
+
+def test_a_cache_that_stays_broken_is_rebuilt_once_then_reported(fake_conversion, monkeypatch):
+    _, runs, target = fake_conversion
+
+    def broken(gguf, out):
+        runs.append(out)
+        (out / "config.json").write_text("{not json")
+
+    monkeypatch.setattr(base, "_convert_gguf", broken)
+    with pytest.warns(UserWarning, match="rebuilding it once"), pytest.raises(lh.BaseModelError, match="config"):
+        lh.load_base("smollm2-135m", device="cpu")
+    assert len(runs) == 2
+
+
+def test_a_user_folder_in_the_cache_is_never_deleted(fake_conversion):
+    _, runs, target = fake_conversion
+    mine = target.parent / "my-model"
+    mine.mkdir(parents=True)
+    (mine / "config.json").write_text("{broken")
+    with pytest.raises(lh.BaseModelError, match="my-model"):
+        lh.load_base(str(mine), device="cpu")
+    assert (mine / "config.json").read_text() == "{broken" and runs == []
+
+
+def test_cache_variable_pointing_to_a_file(monkeypatch, tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    monkeypatch.setenv("LORA_HELPERS_CACHE", str(f))
+    with pytest.raises(lh.BaseModelError, match="LORA_HELPERS_CACHE"):
+        base.embedded_folder()
+    assert f.read_text() == "x"
+
+
+def test_environment_decides_what_auto_loads(monkeypatch):
+    seen = []
+    monkeypatch.setattr(base, "embedded_folder", lambda: Path("/embedded"))
+    monkeypatch.setattr(base, "load_4bit", lambda source, device, token=None: seen.append((source, device))
+                        or (SimpleNamespace(config=SimpleNamespace()), None))
+    monkeypatch.setenv("LORA_HELPERS_BASE", "smollm2-135m-4bit")
+    model, _ = lh.load_base("auto", device="cpu")
+    assert seen == [("/embedded", "cpu")] and model.name_or_path == base.EMBEDDED_NAME
+    monkeypatch.setenv("LORA_HELPERS_BASE", "no-such-preset")
+    with pytest.raises(lh.BaseModelError, match="LORA_HELPERS_BASE.*smollm2-135m-4bit"):
+        lh.load_base("auto", device="cpu")
+
+
+def test_missing_bitsandbytes_gives_install_command(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_bnb(name, *a, **kw):
+        if name == "bitsandbytes":
+            raise ImportError("No module named 'bitsandbytes'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_bnb)
+    with pytest.raises(lh.BaseModelError, match="pip install .bitsandbytes"):
+        base.load_4bit("/nonexistent", "cpu")
+
+
+def test_bitsandbytes_kernel_hub_notice_is_filtered_but_other_warnings_pass(caplog):
+    import logging
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING, logger="bitsandbytes.backends.cpu.ops"):
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "x")
+        log.warning("a real warning")
+    assert [r.getMessage() for r in caplog.records] == ["a real warning"]
+
+
+@pytest.mark.real
+def test_4bit_preset_runs_the_bitsandbytes_path_on_cpu():
+    import bitsandbytes as bnb
+    model, tok = lh.load_base("smollm2-135m-4bit", device="cpu")
+    assert base.is_quantized(model) and model.name_or_path == base.EMBEDDED_NAME
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) >= 200
+    assert model.get_memory_footprint() < 200 * 2**20
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert tok.decode(out[0, ids["input_ids"].shape[1]:]).strip()
 
 
 @pytest.mark.real
