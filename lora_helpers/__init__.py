@@ -8,6 +8,7 @@ from .errors import (
 )
 # -- module exports (one line per module) --
 from .base import PRESETS, cache_dir, in_colab, load_base, pick_device, setup
+from .colab import mount_drive
 from .generate import generate, route_and_generate
 from .adapters import active_adapter, list_adapters, load_adapters, switch
 from .storage import find_token, resolve_adapter, save_adapter

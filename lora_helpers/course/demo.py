@@ -1,45 +1,98 @@
 """Course assets: the demo adapters for the current base, and a deliberately foreign adapter."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..base import EMBEDDED_NAME
-from ..errors import AdapterNotFoundError
+from ..errors import AdapterError, AdapterNotFoundError, StorageError
 from .demo_data import DEMO_ADAPTERS
 
 NAMES = ("json", "coding", "support")
+TRAIN_STEPS_ENV = "LORA_HELPERS_DEMO_TRAIN"  # N: train the demo adapters on the spot with N steps (CI: QLoRA path)
+LARGE = 1_000_000_000  # parameters: above this, the large-model recipe (Mistral-7B)
+# 7B bases learn the form in far fewer, gentler steps than the 135M one (lr 2e-3 would wreck them); the
+# time is an estimate for a Colab T4 (QLoRA, batch 4 x ~150 tokens, gradient checkpointing), not a measurement.
+RECIPES_LARGE = {n: dict(r=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], steps=30,
+                         lr=2e-4, batch_size=4) for n in NAMES}
+T4_SECONDS_PER_STEP = 6.0
 
 
-def demo_adapters(model, tokenizer, where: str = "drive", progress: bool = True) -> dict:
+def demo_adapters(model, tokenizer, where: str = "session", progress: bool = True) -> dict:
     """``{name: source}`` of the course's three adapters for this base model.
 
-    The embedded base gets the adapters shipped in ``adapters/``. Any other base (Mistral-7B in Colab)
-    gets ``"<where>:<base>/lora_<name>"``: found there when saved earlier, otherwise trained now with
-    ``train_adapter`` on the course's data (QLoRA on a 4-bit base, a few minutes on a T4) and saved there.
-    The base model is left as it was (no adapters attached).
+    The embedded base (full or 4-bit) gets the adapters shipped in ``adapters/``. Any other base (Mistral-7B
+    in Colab) gets adapters trained for it once and kept as ``session:<base>/lora_<name>`` — and on Drive
+    too with ``where="drive"`` (mount it first with ``lh.mount_drive()``), where the next notebook or the
+    next session finds them. Training (QLoRA on a 4-bit base) prints its expected time first. The base
+    model is left without adapters. ``LORA_HELPERS_DEMO_TRAIN=N`` trains on the spot with N steps even on the
+    embedded base: how CI runs the training branch.
     """
-    base = getattr(model, "name_or_path", "") or ""
-    if base == EMBEDDED_NAME:
-        return dict(DEMO_ADAPTERS)
     from ..storage import resolve_adapter, save_adapter
+
+    if where not in ("session", "drive"):
+        raise AdapterError(f"where={where!r}: the demo adapters live in 'session' or 'drive'.")
+    forced = _forced_steps()
+    base = getattr(model, "name_or_path", "") or ""
+    if base == EMBEDDED_NAME and forced is None:
+        return dict(DEMO_ADAPTERS)
+    slug = base.strip("/").replace("/", "--") or "base"
+    if forced is not None:
+        slug += f"--steps{forced}"
+    places = ["drive", "session"] if where == "drive" else ["session"]
+    sources = {}
+    for name in NAMES:
+        for place in places:
+            try:
+                resolve_adapter(f"{place}:{slug}/lora_{name}")
+                sources[name] = f"{place}:{slug}/lora_{name}"
+                break
+            except AdapterNotFoundError:
+                continue
+    missing = [n for n in NAMES if n not in sources]
+    if not missing:
+        return sources
+    trained = _train(model, tokenizer, missing, forced, progress)
+    for name in missing:
+        save_adapter(trained, name, where="session", path_or_repo=f"{slug}/lora_{name}")
+        sources[name] = f"session:{slug}/lora_{name}"
+        if where == "drive":
+            try:
+                save_adapter(trained, name, where="drive", path_or_repo=f"{slug}/lora_{name}")
+                sources[name] = f"drive:{slug}/lora_{name}"
+            except StorageError as e:
+                print(f"Адаптер {name} не сохранён на Drive ({e}); он есть в папке сессии.")
+    trained.unload()  # take the LoRA layers out of the base again
+    return sources
+
+
+def _forced_steps() -> int | None:
+    value = os.environ.get(TRAIN_STEPS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise AdapterError(f"{TRAIN_STEPS_ENV}={value!r} must be a positive number of training steps (e.g. 3).")
+    return int(value)
+
+
+def _train(model, tokenizer, names, forced, progress):
+    from ..base import is_quantized
     from ..train import RECIPES, train_adapter
 
-    slug = base.strip("/").replace("/", "--") or "base"
-    sources = {n: f"{where}:{slug}/lora_{n}" for n in NAMES}
-    missing = []
-    for name, source in sources.items():
-        try:
-            resolve_adapter(source)
-        except AdapterNotFoundError:
-            missing.append(name)
-    if missing:
-        print(f"No saved adapters {missing} for {base} in {where}: training them now (this takes a while).")
-        trained = model
-        for name in missing:
-            trained = train_adapter(trained, tokenizer, name, name, progress=progress, **RECIPES[name])
-            save_adapter(trained, name, where=where, path_or_repo=f"{slug}/lora_{name}")
-        trained.unload()  # take the LoRA layers out of the base again
-    return sources
+    large = model.num_parameters() > LARGE
+    recipes = {n: dict((RECIPES_LARGE if large else RECIPES)[n]) for n in names}
+    if forced is not None:
+        for r in recipes.values():
+            r["steps"] = forced
+    steps = sum(r["steps"] for r in recipes.values())
+    kind = "QLoRA (4-bit base)" if is_quantized(model) else "LoRA"
+    print(f"Для этой базы нет готовых адаптеров {list(names)}: обучаю их сейчас ({kind}, {steps} шагов всего). "
+          + (f"Оценка для T4: ~{steps * T4_SECONDS_PER_STEP / 60:.0f} мин (оценка, не замер). " if large else "")
+          + "Чтобы обучать один раз, включите USE_DRIVE: адаптеры сохранятся на Drive.")
+    trained = model
+    for name in names:
+        trained = train_adapter(trained, tokenizer, name, name, progress=progress, **recipes[name])
+    return trained
 
 
 def make_foreign_adapter(out_dir="alien_adapter", seed: int = 0) -> Path:
