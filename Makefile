@@ -7,7 +7,7 @@ BUILD := build
 NOTEBOOKS := 01_load_switch_adapters.ipynb 02_merge_adapter.ipynb 03_router_demo.ipynb
 export TQDM_DISABLE ?= 1
 
-.PHONY: setup demo test test-unit test-notebooks notebooks train evaluate bench clean serve-setup test-serve
+.PHONY: setup demo test test-unit test-notebooks test-4bit notebooks train evaluate bench clean serve-setup test-serve test-colab
 
 setup: $(STAMP)
 
@@ -30,6 +30,16 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests --nbval-lax $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+	$(MAKE) --no-print-directory test-4bit
+
+# The GPU branch on any machine: every notebook runs on the embedded base in bitsandbytes nf4 (the code path
+# of Mistral-7B on a T4) and trains its demo adapters on the spot (QLoRA, 2 steps each); outputs are compared
+# only in cells tagged `any-base`.
+test-4bit: setup
+	rm -rf $(BUILD)/notebooks-4bit
+	$(PY) tools/notebooks_for_base.py $(BUILD)/notebooks-4bit
+	LORA_HELPERS_BASE=smollm2-135m-4bit LORA_HELPERS_DEMO_TRAIN=2 $(PY) -m pytest -q -p no:cacheprovider \
+		--nbval-lax $(BUILD)/notebooks-4bit/*.ipynb --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 test-unit: setup
 	$(PY) -m pytest -q tests -m "not real"
@@ -46,9 +56,10 @@ evaluate: setup
 
 bench: setup
 	$(PY) -m lora_helpers.course.bench
+	$(PY) -m lora_helpers.course.bench_merge
 
 clean:
-	rm -rf $(BUILD) adapters_session drive_standin
+	rm -rf $(BUILD) adapters_session drive_standin out alien_adapter
 
 # -- serving (issue 10): vLLM's CPU build lives in its own environment (it pins transformers<5.20). The
 # tests and the client run in .venv (openai is in requirements.txt); vLLM runs as a program from .venv-serve.
@@ -86,3 +97,20 @@ browser-test: setup $(BROWSER_STAMP)
 	test -x /usr/bin/chromium || { $(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 	$(PY) -m pytest -q tests_browser -p no:cacheprovider
+
+# -- Colab's own versions (issue 14): Python 3.13, torch 2.11 and the rest of Colab's runtime as it starts
+# (requirements-colab.txt), then the notebooks install the course themselves under a stand-in google.colab.
+COLAB_VENV  := .venv-colab
+COLAB_PY    := $(COLAB_VENV)/bin/python
+COLAB_STAMP := $(COLAB_VENV)/.setup-done
+PY313 ?= $(firstword $(wildcard /usr/bin/python3.13 /usr/local/bin/python3.13 $(HOME)/.pyenv/versions/3.13*/bin/python3.13))
+
+$(COLAB_STAMP): requirements-colab.txt
+	@test -n "$(PY313)" || { echo "make test-colab needs Python 3.13 (Colab's); set PY313=/path/to/python3.13"; exit 1; }
+	test -x $(COLAB_PY) || $(PY313) -m venv $(COLAB_VENV)
+	$(COLAB_PY) -m pip install -q --upgrade pip
+	$(COLAB_PY) -m pip install -q -r requirements-colab.txt
+	touch $(COLAB_STAMP)
+
+test-colab: $(COLAB_STAMP)
+	PYTHONPATH=$(CURDIR)/tests_colab/fake_colab $(COLAB_PY) -m pytest -q -p no:cacheprovider tests_colab

@@ -1,0 +1,126 @@
+"""The notebooks on Colab's own versions (`make test-colab`, run by .venv-colab's Python 3.13).
+
+Each notebook runs top to bottom as "Run all" would in Colab: its setup cell sees `google.colab` (a
+stand-in, tests_colab/fake_colab), finds the repository at /content/lora-adapters-course (a link to this
+checkout instead of a clone) and installs the course with its own `pip install -r requirements.txt`.
+Notebook 01 runs with Drive and Hub publishing switched on, as a learner who declines the Drive dialog
+and whose HF_TOKEN cannot write: it must finish with clear messages, never stop, never print the token.
+"""
+import importlib.metadata as md
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import notebooks_for_base  # noqa: E402
+
+CLONE = Path("/content/lora-adapters-course")
+READ_ONLY_TOKEN = "hf_" + "ReadOnly" * 5  # token-shaped; the stand-in Hub refuses every write made with it
+COLAB_VERSIONS = {"torch": "2.11.0", "transformers": "5.15.0", "peft": "0.20.0", "ipywidgets": "7.7.1",
+                  "scikit-learn": "1.6.1"}
+
+
+class _ReadOnlyHub(BaseHTTPRequestHandler):
+    """Answers like the Hub does to a read-only token: reads of unknown repos 404, every write 403."""
+    requests: list = []
+
+    def _answer(self, code, message):
+        type(self).requests.append((self.command, self.path))
+        body = json.dumps({"error": message}).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Error-Message", message)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path.startswith("/api/whoami"):
+            self._whoami()
+        else:
+            self._answer(404, "Repository not found")
+
+    def _whoami(self):
+        type(self).requests.append((self.command, self.path))
+        body = json.dumps({"type": "user", "name": "learner", "auth": {"accessToken": {"role": "read"}}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        self._answer(403, "You don't have the rights to create a model under this namespace")
+
+    do_PUT = do_DELETE = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def colab_runtime(tmp_path_factory):
+    if CLONE.is_symlink():
+        CLONE.unlink()
+    if CLONE.exists():
+        pytest.fail(f"{CLONE} exists and is not this test's link; move it away and run again")
+    CLONE.parent.mkdir(parents=True, exist_ok=True)
+    CLONE.symlink_to(ROOT)
+    hub = ThreadingHTTPServer(("127.0.0.1", 0), _ReadOnlyHub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    try:
+        yield tmp_path_factory.mktemp("colab"), f"http://127.0.0.1:{hub.server_address[1]}"
+    finally:
+        hub.shutdown()
+        CLONE.unlink()
+
+
+def _run(path: Path) -> str:
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    nbformat.write(nb, path)
+    texts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            texts.append(out.get("text", "") + json.dumps(out.get("data", {}), ensure_ascii=False))
+    return "\n".join(texts)
+
+
+def test_runtime_is_colabs():
+    for name, version in COLAB_VERSIONS.items():
+        assert md.version(name).split("+")[0] == version, name
+    assert sys.version_info[:2] == (3, 13)
+
+
+def test_01_with_a_declined_drive_and_a_token_that_cannot_publish(colab_runtime, monkeypatch):
+    work, hub = colab_runtime
+    monkeypatch.setenv("FAKE_COLAB_DRIVE", "decline")
+    monkeypatch.setenv("FAKE_COLAB_SECRETS", json.dumps({"HF_TOKEN": READ_ONLY_TOKEN}))
+    monkeypatch.setenv("HF_ENDPOINT", hub)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("LORA_SESSION_DIR", str(work / "session"))
+    monkeypatch.delenv("LORA_DRIVE_DIR", raising=False)
+    nb = notebooks_for_base.prepare(work / "drive_hub", {"USE_DRIVE": "True", "PUBLISH_TO_HUB": "True"},
+                                    names=["01_load_switch_adapters.ipynb"])[0]
+    text = _run(nb)
+    assert "Google Drive не подключён" in text
+    assert READ_ONLY_TOKEN not in text and READ_ONLY_TOKEN not in nb.read_text()
+    assert any(method in ("POST", "PUT") for method, _ in _ReadOnlyHub.requests), "publishing was never tried"
+    for name, version in COLAB_VERSIONS.items():  # the install cell kept what Colab has
+        assert md.version(name).split("+")[0] == version, name
+
+
+@pytest.mark.parametrize("name", ["02_merge_adapter.ipynb", "03_router_demo.ipynb"])
+def test_notebook_runs_with_defaults(colab_runtime, monkeypatch, name):
+    work, _ = colab_runtime
+    monkeypatch.setenv("LORA_SESSION_DIR", str(work / "session"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("FAKE_COLAB_SECRETS", raising=False)
+    _run(notebooks_for_base.prepare(work / "defaults", names=[name])[0])
