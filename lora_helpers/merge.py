@@ -11,10 +11,7 @@ from __future__ import annotations
 import copy
 import gc
 import json
-import shutil
-import tempfile
 import time
-import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ from .base import is_quantized
 from .colab import GIB, free_gpu, free_ram, require
 from .errors import AdapterError, AdapterExistsError, AdapterNotFoundError, MergeError
 from .names import BASE, check_name
+from .storage import replace_folder, staging_folder
 
 REPORT_NAME = "merge_report.json"
 PROBE = "Return the user as JSON: name Anna, city Kazan. Напиши функцию на Python, которая считает сумму."
@@ -121,39 +119,37 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
     probe = _probe_ids(model, tokenizer)
     ref = _adapter_logits(model, name, probe) if how == "logits" else None
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        start = time.perf_counter()
-        shards, untied = write_merged(model, name, tmp, dtype, shard_bytes)
-        _write_config(base, tmp, dtype, untied)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        else:
-            warnings.warn(f"No tokenizer given: {out} will hold no tokenizer files. Pass tokenizer=tok to save "
-                          "one, or load the tokenizer of the base model next to it.", stacklevel=2)
-        seconds = time.perf_counter() - start
-        vstart, diff, checked = time.perf_counter(), None, 0
-        if how == "logits":
-            diff = _verify_logits(tmp, probe, ref, model.device, _compute_dtype(base) if quantized else base.dtype)
-        elif how == "tensors":
-            checked = _verify_tensors(model, name, tmp, dtype)
-        report = MergeReport(str(out), name, str(base.name_or_path), str(dtype).split(".")[-1], diff, tolerance,
-                             _adapter_bytes(model, name), sum(f.stat().st_size for f in tmp.glob("*.safetensors")),
-                             round(seconds, 3), round(time.perf_counter() - vstart, 3), quantized, how or "none",
-                             checked, shards)
-        if diff is not None and not diff <= tolerance:
-            raise MergeError(f"The merged model does not match '{name}': max |Δlogits| = {diff:.3g} > tolerance "
-                             f"{tolerance:g}. Nothing was written to {out}. If the dtype ({report.dtype}) explains "
-                             "it, pass a larger tolerance=...; otherwise check that the adapter is not merged already.")
-        (tmp / REPORT_NAME).write_text(json.dumps(asdict(report), indent=1))
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        _replace(tmp, dest, overwrite)
+        with staging_folder(dest) as tmp:
+            start = time.perf_counter()
+            shards, untied = write_merged(model, name, tmp, dtype, shard_bytes)
+            _write_config(base, tmp, dtype, untied)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            else:
+                warnings.warn(f"No tokenizer given: {out} will hold no tokenizer files. Pass tokenizer=tok to save "
+                              "one, or load the tokenizer of the base model next to it.", stacklevel=2)
+            seconds = time.perf_counter() - start
+            vstart, diff, checked = time.perf_counter(), None, 0
+            if how == "logits":
+                diff = _verify_logits(tmp, probe, ref, model.device, _compute_dtype(base) if quantized else base.dtype)
+            elif how == "tensors":
+                checked = _verify_tensors(model, name, tmp, dtype)
+            report = MergeReport(str(out), name, str(base.name_or_path), str(dtype).split(".")[-1], diff, tolerance,
+                                 _adapter_bytes(model, name),
+                                 sum(f.stat().st_size for f in tmp.glob("*.safetensors")), round(seconds, 3),
+                                 round(time.perf_counter() - vstart, 3), quantized, how or "none", checked, shards)
+            if diff is not None and not diff <= tolerance:
+                raise MergeError(f"The merged model does not match '{name}': max |Δlogits| = {diff:.3g} > tolerance "
+                                 f"{tolerance:g}. Nothing was written to {out}. If the dtype ({report.dtype}) explains "
+                                 "it, pass a larger tolerance=...; otherwise check that the adapter is not merged "
+                                 "already.")
+            (tmp / REPORT_NAME).write_text(json.dumps(asdict(report), indent=1))
+            # the old folder survives an interrupt at any instant of the swap (storage.replace_folder)
+            replace_folder(tmp, dest, check_old=lambda old: _check_target(old, overwrite))
     except (OSError, SafetensorError) as e:  # disk full, read-only folder, vanished folder
         raise MergeError(f"Writing the merged model for {dest} failed ({type(e).__name__}: {e}). Nothing changed "
                          f"at {out}; free disk space or choose a writable out_dir.") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(report.summary())
     return out
 
@@ -421,22 +417,6 @@ def _write_config(base, folder: Path, dtype, untied: bool) -> None:
         gen.save_pretrained(folder)
 
 
-def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished ``tmp`` to ``out``; an old ``out`` is renamed aside first and removed last."""
-    _check_target(out, overwrite)  # again: something may have appeared while we worked
-    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}") if out.exists() else None
-    if old:
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except OSError:
-        if old:
-            old.rename(out)
-        raise
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # ----------------------------------------------------------------------------- verification
 def _probe_ids(model, tokenizer) -> torch.Tensor:
     if tokenizer is not None:
@@ -526,8 +506,7 @@ def combine_adapters(model, weights: dict, new_name: str, method: str = "linear"
     if not all(_is_lora(model.peft_config[n]) for n in weights):
         raise AdapterError("combine_adapters combines LoRA adapters only; "
                            f"got {[str(model.peft_config[n].peft_type) for n in weights]}.")
-    if not isinstance(new_name, str) or not new_name.strip() or new_name == "base":
-        raise AdapterError(f"new_name must be a non-empty name other than 'base', got {new_name!r}.")
+    check_name(new_name, "the combined adapter")
     if new_name in model.peft_config:
         raise AdapterExistsError(f"An adapter named {new_name!r} is already loaded; choose another new_name "
                                  f"(loaded: {', '.join(_loaded(model))}).")

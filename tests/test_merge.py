@@ -400,6 +400,9 @@ def test_combine_bad_input(two, tiny_model):
         lh.combine_adapters(two, {"json": "1"}, "mix")
     with pytest.raises(lh.AdapterError, match="PeftModel"):
         lh.combine_adapters(tiny_model, {"json": 1.0}, "mix")
+    for bad in ("a.b", "a/b", "base", "", " "):  # "a.b" used to leave a ghost adapter that ran as the base
+        with pytest.raises(lh.AdapterError, match="cannot name the combined adapter"):
+            lh.combine_adapters(two, {"json": 1.0}, bad)
     assert set(two.peft_config) == {"json", "coding"}
 
 

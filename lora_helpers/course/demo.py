@@ -47,7 +47,7 @@ def demo_adapters(model, tokenizer, where: str = "session", progress: bool = Tru
                 resolve_adapter(f"{place}:{slug}/lora_{name}")
                 sources[name] = f"{place}:{slug}/lora_{name}"
                 break
-            except AdapterNotFoundError:
+            except (AdapterNotFoundError, StorageError):  # not saved there, or Drive not mounted
                 continue
     missing = [n for n in NAMES if n not in sources]
     if not missing:
