@@ -37,11 +37,13 @@ class MergeError(AdapterError):
 
 
 class StorageError(AdapterError):
-    """Saving or fetching an adapter (session, Drive, Hub) failed."""
+    """Saving or fetching an adapter (session, Drive, Hub) failed: a full or read-only disk, a target that
+    holds something the package did not write, a Hub that timed out, cut the connection or failed."""
 
 
 class ServeError(AdapterError):
-    """A serving engine (vLLM) failed to start, cannot be reached, or answered with an error."""
+    """A serving engine (vLLM) failed to start, cannot be reached, or answered with an error or with
+    something that is not OpenAI's format."""
 
 
 class AdapterNotServedError(ServeError, AdapterNotFoundError):

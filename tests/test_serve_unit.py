@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from http_scaffold import LocalServer, QuietHandler
 
 import lora_helpers as lh
 from lora_helpers import serve
@@ -101,78 +100,68 @@ def test_public_names():
 
 
 # ----------------------------------------------------------------------------- a fake OpenAI-compatible server
-class FakeVLLM:
+class VLLMHandler(QuietHandler):
+    def do_GET(self):
+        fake = self.owner
+        if self.path == "/v1/models":
+            if fake.models_reply is not None:
+                return self.send(200, fake.models_reply)
+            data = [{"id": fake.base, "object": "model", "root": "/models/base", "parent": None}]
+            data += [{"id": a, "object": "model", "root": f"/adapters/{a}", "parent": fake.base}
+                     for a in fake.adapters]
+            return self.send(200, {"object": "list", "data": data})
+        self.send(404, {"detail": "Not Found"})
+
+    def do_POST(self):
+        fake = self.owner
+        req = json.loads(self.body())
+        with fake.lock:
+            fake.requests.append(req)
+            fake.active += 1
+            fake.peak = max(fake.peak, fake.active)
+        try:
+            time.sleep(fake.delay)
+            model = req.get("model")
+            if model == "boom":
+                return self.send(500, {"error": {"message": "engine crashed", "type": "InternalServerError",
+                                                 "code": 500}})
+            if model in MALFORMED:
+                return self.send(200, MALFORMED[model])
+            if model != fake.base and model not in fake.adapters:
+                return self.send(404, {"error": {"message": f"The model `{model}` does not exist.",
+                                                 "type": "NotFoundError", "param": "model", "code": 404}})
+            text = f"[{model}] {req['messages'][-1]['content']}"
+            self.send(200, {"id": "c1", "object": "chat.completion", "created": 0, "model": model,
+                            "choices": [{"index": 0, "finish_reason": "stop", "message":
+                                         {"role": "assistant", "content": f"  {text}\n"}}],
+                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        finally:
+            with fake.lock:
+                fake.active -= 1
+
+
+# 200 replies that are not chat completions (a proxy, a wrong server, a broken engine)
+MALFORMED = {
+    "no-choices": {"id": "c1", "object": "chat.completion"},
+    "empty-choices": {"id": "c1", "object": "chat.completion", "choices": []},
+    "null-message": {"id": "c1", "object": "chat.completion", "choices": [{"index": 0, "message": None}]},
+    "choices-not-list": {"id": "c1", "object": "chat.completion", "choices": "oops"},
+    "a-list": [1, 2, 3],
+    "html": b"<html>proxy login</html>",
+}
+
+
+class FakeVLLM(LocalServer):
     """Serves /v1/models and /v1/chat/completions like vLLM: one base, some adapters, 404 for others."""
 
+    Handler = VLLMHandler
+
     def __init__(self, base="HuggingFaceTB/SmolLM2-135M-Instruct", adapters=("json", "coding", "support"),
-                 delay=0.0):
-        self.base, self.adapters, self.delay = base, list(adapters), delay
+                 delay=0.0, models_reply=None):
+        self.base, self.adapters, self.delay, self.models_reply = base, list(adapters), delay, models_reply
         self.requests: list[dict] = []
-        self.lock = threading.Lock()
         self.active = self.peak = 0
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-    def _handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, obj):
-                body = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                if self.path == "/v1/models":
-                    data = [{"id": fake.base, "object": "model", "root": "/models/base", "parent": None}]
-                    data += [{"id": a, "object": "model", "root": f"/adapters/{a}", "parent": fake.base}
-                             for a in fake.adapters]
-                    return self._send(200, {"object": "list", "data": data})
-                self._send(404, {"detail": "Not Found"})
-
-            def do_POST(self):
-                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with fake.lock:
-                    fake.requests.append(req)
-                    fake.active += 1
-                    fake.peak = max(fake.peak, fake.active)
-                try:
-                    time.sleep(fake.delay)
-                    model = req.get("model")
-                    if model == "boom":
-                        return self._send(500, {"error": {"message": "engine crashed", "type": "InternalServerError",
-                                                          "code": 500}})
-                    if model != fake.base and model not in fake.adapters:
-                        return self._send(404, {"error": {"message": f"The model `{model}` does not exist.",
-                                                          "type": "NotFoundError", "param": "model", "code": 404}})
-                    text = f"[{model}] {req['messages'][-1]['content']}"
-                    self._send(200, {"id": "c1", "object": "chat.completion", "created": 0, "model": model,
-                                     "choices": [{"index": 0, "finish_reason": "stop", "message":
-                                                  {"role": "assistant", "content": f"  {text}\n"}}],
-                                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-                finally:
-                    with fake.lock:
-                        fake.active -= 1
-
-        return Handler
+        super().__init__()
 
 
 class FixedRouter:
@@ -308,3 +297,102 @@ def test_bench_markdown_and_default_command(tmp_path, capsys):
     serve.main(["--adapters", str(tmp_path)])
     line = capsys.readouterr().out.strip()
     assert "--max-lora-rank 16" in line and f"coding={tmp_path / 'lora_coding'}" in line
+
+
+# ----------------------------------------------------------------------------- bad input and bad replies
+@pytest.mark.parametrize("model", sorted(MALFORMED))
+def test_malformed_reply_is_a_serve_error(model):
+    with FakeVLLM(adapters=[]) as fake:
+        client = lh.RoutedClient(fake.url, FixedRouter(model), max_retries=0)
+        with pytest.raises(ServeError, match=f"(?s){fake.url}/v1.*not a chat completion.*OpenAI-compatible"):
+            client.chat("x")
+
+
+@pytest.mark.parametrize("reply", [{"object": "list"}, {"data": "nope"}, {"data": [{"no": "id"}]}, [1, 2],
+                                   {"data": [None]}])
+def test_malformed_model_list_is_a_serve_error(reply):
+    with FakeVLLM(models_reply=reply) as fake:
+        client = lh.RoutedClient(fake.url, FixedRouter("base"), max_retries=0)
+        with pytest.raises(ServeError, match="model list"):
+            client.models()
+        with pytest.raises(ServeError, match="model list"):
+            client.chat("x")  # the base route asks the model list
+
+
+def test_credentials_in_the_url_never_show(capsys):
+    secret, key = "s3cretPassw0rd", "sk-key-never-shown-123456"
+    with FakeVLLM() as fake:
+        url = fake.url.replace("http://", f"http://alice:{secret}@")
+        client = lh.RoutedClient(url, FixedRouter("legal"), api_key=key, max_retries=0)
+        assert client.chat("hi", adapter="json")[0] == "json"  # the URL still works
+        errors = []
+        for router in ("legal", "boom", "html"):
+            client.router = FixedRouter(router)
+            with pytest.raises(ServeError) as e:
+                client.chat("x")
+            errors.append(str(e.value))
+        dead = fake.url
+    client = lh.RoutedClient(dead.replace("http://", f"http://alice:{secret}@"), FixedRouter("json"),
+                             api_key=key, max_retries=0, timeout=5)
+    with pytest.raises(ServeError, match="Cannot reach") as e:
+        client.chat("x")
+    errors.append(str(e.value))
+    shown = "\n".join(errors) + repr(client) + client.base_url + "".join(capsys.readouterr())
+    assert "127.0.0.1" in shown
+    assert secret not in shown and "alice:" not in shown and key not in shown
+
+
+class LoadedModel:
+    """What a transformers / PEFT model offers vllm_command: ``name_or_path`` (and a huge repr)."""
+
+    def __init__(self, name_or_path):
+        self.name_or_path = name_or_path
+
+    def __repr__(self):
+        return "MistralForCausalLM(\n" + "  (layer): Linear(in_features=64, out_features=64)\n" * 500 + ")"
+
+
+def test_vllm_command_accepts_a_loaded_model(tmp_path, monkeypatch, tiny_model):
+    from peft import LoraConfig, get_peft_model
+
+    from lora_helpers import base as b
+    monkeypatch.setattr(b, "embedded_folder", lambda: tmp_path / "converted")
+    a = make_adapter(tmp_path / "a")
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    assert serve.vllm_command(LoadedModel(str(folder)), {"json": a})[2] == str(folder.resolve())
+    assert serve.vllm_command(LoadedModel(b.EMBEDDED_NAME), {"json": a})[2] == str(tmp_path / "converted")
+    assert serve.vllm_command(LoadedModel("owner/model"), {"json": a})[2] == "owner/model"
+    gguf = tmp_path / "model.gguf"  # vLLM also serves a GGUF file
+    gguf.write_bytes(b"GGUF")
+    assert serve.vllm_command(gguf, {"json": a})[2] == str(gguf.resolve())
+    tiny_model.name_or_path = str(folder)
+    peft_model = get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert serve.vllm_command(peft_model, {"json": a})[2] == str(folder.resolve())  # its base model's folder
+
+
+@pytest.mark.parametrize("bad", [LoadedModel(""), LoadedModel(None), LoadedModel("not a repo id!"),
+                                 LoadedModel("x" * 5000), "y" * 5000, "a/b/c/d", 42])
+def test_vllm_command_says_what_to_pass(bad, tmp_path):
+    with pytest.raises(AdapterError, match="(?s)local folder.*Hub repo id.*save_pretrained") as e:
+        serve.vllm_command(bad, {"json": make_adapter(tmp_path / "a")})
+    assert len(str(e.value)) < 800  # no model repr or 5000-character name in the message
+
+
+def test_vllm_command_bad_adapter_sources(tmp_path):
+    with pytest.raises(AdapterError, match="folder"):
+        serve.vllm_command("owner/model", {"json": LoadedModel("x")})
+    with pytest.raises(AdapterError, match="max_lora_rank") as e:
+        serve.vllm_command("owner/model", {"json": "z" * 5000})
+    assert "z" * 300 not in str(e.value)
+
+
+def test_adapter_rank_deeply_nested_config(tmp_path):
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(AdapterError, match="adapter_config.json"):
+        serve.adapter_rank(folder)
+    (folder / "adapter_config.json").write_text("[1, 2]")
+    with pytest.raises(AdapterError, match="adapter_config.json"):
+        serve.adapter_rank(folder)

@@ -1,6 +1,10 @@
 """save_adapter / resolve_adapter: session folder, Drive (stand-in and a fake Colab), and the Hub over HTTP."""
+import errno
 import hashlib
 import importlib.machinery
+import json
+import os
+import struct
 import sys
 import types
 from pathlib import Path
@@ -17,14 +21,6 @@ from lora_helpers.errors import AdapterError, AdapterFileError, AdapterNotFoundE
 
 X = torch.tensor([[5, 17, 42, 8, 99, 3]])
 TOKEN = "hf_aliceWriteToken1234567890abcdefghij"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)
@@ -200,7 +196,7 @@ def fake_colab(monkeypatch, tmp_path):
                       ("google.colab.userdata", userdata)]:
         mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
         monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setattr(storage, "COLAB_DRIVE_MOUNT", str(tmp_path / "content" / "drive"))
+    monkeypatch.setattr("lora_helpers.colab.COLAB_DRIVE_MOUNT", str(tmp_path / "content" / "drive"))
     return types.SimpleNamespace(mounts=mounts, secrets=secrets, root=tmp_path / "content" / "drive")
 
 
@@ -307,3 +303,393 @@ def test_hub_offline_uses_cache(hub, model, monkeypatch):
     assert len(hub.requests) == n  # served from the cache, no HTTP
     with pytest.raises(AdapterNotFoundError, match="not in the local cache"):
         lh.resolve_adapter("hub:alice/other")
+
+
+# ---------------------------------------------------------------- bad targets lose nothing
+
+def tree(folder):
+    """Every file under ``folder`` (links not followed) with its bytes: to prove nothing changed."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() and not p.is_symlink() else "dir")
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def filled(model, tmp_path):
+    """A session and a Drive folder that already hold an adapter and a user's own file."""
+    for where in ("session", "drive"):
+        lh.save_adapter(model, "coding", where=where)
+    for root in (Path("adapters_session"), Path("drive_standin")):
+        (root / "notes.txt").write_text("my notes")
+    return {r: tree(r) for r in ("adapters_session", "drive_standin")}
+
+
+@pytest.mark.parametrize("where", ["session", "drive"])
+@pytest.mark.parametrize("target", [".", "./", " . ", "coding/..", "./.", "/"])
+def test_saving_to_the_root_itself_is_refused(model, filled, where, target):
+    with pytest.raises(AdapterError, match="subfolder"):
+        lh.save_adapter(model, "json", where=where, path_or_repo=target)
+    assert {r: tree(r) for r in filled} == filled
+
+
+def test_a_users_file_or_folder_at_the_target_is_kept(model, filled):
+    session = Path("adapters_session")
+    (session / "json").write_text("a plain file of mine")
+    (session / "work").mkdir()
+    (session / "work" / "train.py").write_text("print('my code')")
+    (session / "mixed").mkdir()  # an adapter folder the user added files to
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        (session / "mixed" / f).write_bytes((session / "coding" / f).read_bytes())
+    (session / "mixed" / "data.csv").write_text("a,b")
+    before = tree(session)
+    for target, words in [("json", "is a file"), ("work", "train.py"), ("mixed", "data.csv")]:
+        with pytest.raises(StorageError, match=f"(?s){words}.*Nothing was changed"):
+            lh.save_adapter(model, "json", path_or_repo=target)
+        assert tree(session) == before
+    (session / "empty").mkdir()
+    assert lh.save_adapter(model, "json", path_or_repo="empty") == str(session / "empty")  # nothing to lose
+    (session / "coding" / ".DS_Store").write_bytes(b"\0")  # a synced Drive folder's litter is no user data
+    assert lh.save_adapter(model, "json", path_or_repo="coding") == str(session / "coding")  # ours: replaced
+    assert digest(session / "coding") == digest(session / "empty")
+
+
+def test_links_out_of_the_session_are_not_followed(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_SESSION_DIR", str(tmp_path / "sess"))
+    outside = tmp_path / "outside"
+    lh.save_adapter(model, "json", path_or_repo="seed")
+    (tmp_path / "sess" / "seed").rename(outside)  # an adapter folder outside the session
+    (outside / "keep.txt").write_text("mine")
+    (tmp_path / "sess" / "json").symlink_to(outside)
+    (tmp_path / "sess" / "zoo").symlink_to(outside, target_is_directory=True)
+    before = tree(outside)
+    for target in ("json", "zoo/coding", "zoo"):
+        with pytest.raises(StorageError, match="not a folder inside the session folder"):
+            lh.save_adapter(model, "coding", path_or_repo=target)
+    assert tree(outside) == before and (tmp_path / "sess" / "json").is_symlink()
+    real = tmp_path / "real_sess"
+    real.mkdir()
+    monkeypatch.setenv("LORA_SESSION_DIR", str(tmp_path / "linked_sess"))
+    (tmp_path / "linked_sess").symlink_to(real)  # the session folder itself may be a link
+    assert lh.save_adapter(model, "json") == str(tmp_path / "linked_sess" / "json")
+    assert (real / "json" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("bad", ["sub/json", "ABS", "json "])
+def test_adapter_names_that_are_paths_move_nothing(tiny_model, tmp_path, bad):
+    outside = tmp_path / "victim"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("mine")
+    name = str(outside) if bad == "ABS" else bad
+    m = get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj"]), adapter_name="json")
+    m.add_adapter(name, LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(AdapterError, match="cannot name a saved adapter"):
+        lh.save_adapter(m, name)
+    with pytest.raises(AdapterError, match="cannot name a saved adapter"):
+        lh.save_adapter(m, name, path_or_repo="elsewhere")
+    assert tree(outside) == {"precious.txt": b"mine"}
+    assert not Path("adapters_session").exists() or tree("adapters_session") == {}
+
+
+def test_an_adapter_named_default_does_not_pile_up_copies(tiny_model, tiny_tokenizer):
+    torch.manual_seed(3)
+    m = get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    assert list(m.peft_config) == ["default"]
+    for _ in range(3):
+        out = lh.save_adapter(m, "default")
+    assert sorted(p.name for p in Path(out).iterdir()) == ["README.md", "adapter_config.json",
+                                                           "adapter_model.safetensors"]
+    assert [p.name for p in Path("adapters_session").iterdir()] == ["default"]
+    loads_in_plain_peft(out, tiny_tokenizer, logits(m))
+
+
+# ---------------------------------------------------------------- Ctrl-C at any point keeps a complete copy
+
+class Interrupts:
+    """Raise KeyboardInterrupt at the k-th file-system step (before it runs, or right after it did)."""
+
+    def __init__(self, monkeypatch, k, when, repeat=False):
+        self.k, self.when, self.repeat, self.n = k, when, repeat, 0
+        for mod, fname in [(storage.os, "rename"), (storage.os, "replace"), (storage.shutil, "rmtree"),
+                           (storage.os, "unlink")]:
+            monkeypatch.setattr(mod, fname, self.wrap(getattr(mod, fname)))
+
+    def wrap(self, real):
+        def step(*a, **kw):
+            self.n += 1
+            hit = self.n == self.k or (self.repeat and self.n > self.k)
+            if hit and self.when == "before":
+                raise KeyboardInterrupt
+            out = real(*a, **kw)
+            if hit:
+                raise KeyboardInterrupt
+            return out
+        return step
+
+
+def copies(folder="adapters_session"):
+    """The entries of the session folder, less staging folders a Ctrl-C kept from being removed."""
+    return sorted(p.name for p in Path(folder).iterdir() if ".tmp-" not in p.name)
+
+
+def count_steps(monkeypatch, fn):
+    with monkeypatch.context() as m:
+        counter = Interrupts(m, k=10**9, when="before")
+        fn()
+    return counter.n
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_ctrl_c_at_any_step_of_a_save_keeps_a_complete_copy(model, monkeypatch, tiny_tokenizer, when):
+    folder = Path(lh.save_adapter(model, "json"))
+    lora_b = model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["json"].weight
+    versions = {}
+    for v in ("old", "new"):
+        with torch.no_grad():
+            lora_b.fill_(0.1 if v == "old" else 0.2)
+        versions[v] = (adapter_logits(model, "json"), digest(lh.save_adapter(model, "json")))
+    steps = count_steps(monkeypatch, lambda: lh.save_adapter(model, "json"))
+    assert steps >= 3, steps  # old aside, new in, old removed
+    for k in range(1, steps + 1):
+        with torch.no_grad():
+            lora_b.fill_(0.1)
+        lh.save_adapter(model, "json")  # the old copy
+        with torch.no_grad():
+            lora_b.fill_(0.2)
+        with monkeypatch.context() as m:
+            Interrupts(m, k, when)
+            with pytest.raises(KeyboardInterrupt):
+                lh.save_adapter(model, "json")
+        found = [v for v, (_, d) in versions.items() if digest(folder) == d]
+        assert found, f"step {k} {when}: no complete copy at {folder}"
+        loads_in_plain_peft(folder, tiny_tokenizer, versions[found[0]][0])
+        assert lh.save_adapter(model, "json") == str(folder)  # the next save cleans up
+        assert digest(folder) == versions["new"][1]
+        assert copies() == ["json"]
+
+
+def test_a_second_ctrl_c_during_the_rollback_is_recovered_later(model, monkeypatch, tiny_tokenizer):
+    folder = Path(lh.save_adapter(model, "json"))
+    old, old_logits = digest(folder), adapter_logits(model, "json")
+    with torch.no_grad():
+        model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["json"].weight.add_(1.0)
+    with monkeypatch.context() as m:
+        Interrupts(m, 1, "after", repeat=True)  # old copy moved aside, then every step interrupted
+        with pytest.raises(KeyboardInterrupt):
+            lh.save_adapter(model, "json")
+    assert lh.resolve_adapter("session:json") == folder  # put back on the next look
+    assert digest(folder) == old
+    loads_in_plain_peft(folder, tiny_tokenizer, old_logits)
+    lh.save_adapter(model, "json")
+    assert copies() == ["json"]
+
+
+def test_replace_folder_refuses_and_keeps_both(tmp_path):
+    target, src = tmp_path / "t", tmp_path / "s"
+    target.mkdir()
+    (target / "a").write_text("old")
+    src.mkdir()
+    (src / "a").write_text("new")
+
+    def refuse(old):
+        raise StorageError("no")
+
+    with pytest.raises(StorageError):
+        storage.replace_folder(src, target, check_old=refuse)
+    assert (target / "a").read_text() == "old" and (src / "a").read_text() == "new"
+    assert storage.replace_folder(src, target) == target
+    assert (target / "a").read_text() == "new" and not src.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+
+
+# ---------------------------------------------------------------- disks and folders that refuse
+
+def test_full_disk_says_how_much_space_and_where(model, monkeypatch):
+    first = lh.save_adapter(model, "json")
+    old = digest(first)
+
+    def full(self, save_directory, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", full)
+    need = sum(t.numel() * 4 for n, t in model.named_parameters() if ".json." in n) / 1024
+    with pytest.raises(StorageError, match=rf"(?s)needs about {need:.0f} KiB in '.*adapters_session'.*[KMG]iB are "
+                                           "free.*previous copy there is untouched"):
+        lh.save_adapter(model, "json")
+    assert digest(first) == old
+
+
+def test_read_only_place_is_a_storage_error(model, monkeypatch, tmp_path):
+    monkeypatch.setenv("LORA_SESSION_DIR", str(tmp_path / "ro" / "sess"))
+    real_mkdir = storage.os.mkdir
+
+    def read_only(path, *a, **kw):
+        if str(tmp_path / "ro") in str(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *a, **kw)
+
+    monkeypatch.setattr(storage.os, "mkdir", read_only)
+    with pytest.raises(StorageError, match="(?s)read-only.*LORA_SESSION_DIR"):
+        lh.save_adapter(model, "json")
+
+
+@pytest.mark.parametrize("var, where", [("LORA_SESSION_DIR", "session"), ("LORA_DRIVE_DIR", "drive")])
+def test_a_place_variable_that_names_a_file(model, monkeypatch, tmp_path, var, where):
+    f = tmp_path / "a_file"
+    f.write_text("not a folder")
+    for value in (f, f / "below"):
+        monkeypatch.setenv(var, str(value))
+        with pytest.raises(StorageError, match=f"(?s)is a file.*Point {var} at a folder"):
+            lh.save_adapter(model, "json", where=where)
+        with pytest.raises(StorageError, match=f"Point {var} at a folder"):
+            lh.resolve_adapter(f"{where}:json")
+    assert f.read_text() == "not a folder"
+
+
+def test_colab_drive_that_will_not_mount(fake_colab, model, monkeypatch, capsys):
+    def declined(path):
+        raise ValueError("mount failed")
+
+    monkeypatch.setattr(sys.modules["google.colab.drive"], "mount", declined)
+    with pytest.raises(StorageError, match="(?s)not mounted.*where='session'"):
+        lh.save_adapter(model, "json", where="drive")
+    assert "mount failed" in capsys.readouterr().out
+
+
+def test_deeply_nested_config_is_a_file_error(model, tiny_tokenizer):
+    folder = Path(lh.save_adapter(model, "json"))
+    (folder / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(AdapterFileError, match="not valid JSON"):
+        storage.inspect_adapter(folder)
+    with pytest.raises(AdapterFileError, match="not valid JSON"):
+        lh.load_adapters(tiny.make_model(tiny_tokenizer), {"json": folder})
+
+
+# ---------------------------------------------------------------- safetensors headers (read by safetensors)
+
+def _header_file(path, header, data=b""):
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p, ok: p.write_bytes(b"abc"), "too short"),
+    (lambda p, ok: p.write_bytes(ok[:-10]), "truncated"),
+    (lambda p, ok: p.write_bytes(ok + b"\0" * 8), "padded"),
+    (lambda p, ok: p.write_bytes(os.urandom(4096)), "truncated or not safetensors"),
+    (lambda p, ok: p.write_bytes(struct.pack("<Q", 10**12) + b"{}"), "truncated or not safetensors"),
+    (lambda p, ok: p.write_bytes(struct.pack("<Q", 16) + b"not json at all!" + ok[24:]), "corrupt"),
+    (lambda p, ok: _header_file(p, {"__metadata__": {"a": "b"}}), "no tensors"),
+    (lambda p, ok: _header_file(p, {"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8),
+     "corrupt"),
+    (lambda p, ok: _header_file(p, {"w": {"dtype": "Q9", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8),
+     "corrupt"),
+    (lambda p, ok: p.write_bytes(struct.pack("<Q", 100_000) + b"[" * 100_000), "corrupt"),
+])
+def test_bad_safetensors_are_refused_without_loading(tmp_path, make, words, monkeypatch):
+    from safetensors.torch import save_file
+    ok_file = tmp_path / "ok.safetensors"
+    save_file({"a.lora_A.weight": torch.zeros(2, 3), "b": torch.ones(4, dtype=torch.bfloat16)}, ok_file)
+    assert storage.read_safetensors_header(ok_file) == {"a.lora_A.weight": ("F32", (2, 3)), "b": ("BF16", (4,))}
+    bad = tmp_path / "bad.safetensors"
+    make(bad, ok_file.read_bytes())
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("nothing may be unpickled"))
+    with pytest.raises(AdapterFileError, match=words):
+        storage.read_safetensors_header(bad)
+
+
+def test_header_read_uses_safetensors_and_no_tensor(tmp_path, monkeypatch):
+    import safetensors
+    from safetensors.torch import save_file
+    f = tmp_path / "w.safetensors"
+    save_file({"x": torch.zeros(4, 4)}, f)
+    opened = []
+    real = safetensors.safe_open
+
+    class Spy:
+        def __init__(self, *a, **kw):
+            opened.append(kw.get("framework", a[1] if len(a) > 1 else None))
+            self.f = real(*a, **kw)
+
+        def __enter__(self):
+            inner = self.f.__enter__()
+            return types.SimpleNamespace(keys=inner.keys, get_slice=inner.get_slice,
+                                         get_tensor=lambda k: pytest.fail("a tensor was loaded"))
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+    monkeypatch.setattr(safetensors, "safe_open", Spy)
+    assert storage.read_safetensors_header(f) == {"x": ("F32", (4, 4))}
+    assert opened == ["numpy"]
+
+
+# ---------------------------------------------------------------- the Hub failing
+
+@pytest.fixture
+def published(hub, model):
+    lh.save_adapter(model, "json", where="hub", private=False, token=TOKEN)
+    return hub
+
+
+@pytest.fixture
+def short_timeouts(monkeypatch):
+    """Client timeouts of 1 s (repo_info asks for none by default, and the client's default is none)."""
+    import huggingface_hub
+    from huggingface_hub.hf_api import HfApi
+    from huggingface_hub.utils import _http
+
+    def quick():
+        client = _http.default_client_factory()
+        client.timeout = 1.0
+        return client
+
+    real_info = HfApi.repo_info
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, *a, **kw: real_info(self, *a, **{**kw, "timeout": 1.0}))
+    huggingface_hub.set_client_factory(quick)
+    yield
+    huggingface_hub.set_client_factory(_http.default_client_factory)
+
+
+@pytest.mark.parametrize("route, how, words", [
+    ("info", "500", "Hub server failed \\(HTTP 500\\).*try again in a few minutes"),
+    ("info", "cut", "connection to the Hub at http://127.0.0.1:\\d+ failed or was cut"),
+    ("resolve", "cut", "connection to the Hub at http://127.0.0.1:\\d+ failed or was cut"),
+    ("info", "stall", "did not answer in time"),
+])
+def test_hub_download_failures_say_what_happened(published, monkeypatch, short_timeouts, route, how, words,
+                                                 capsys):
+    published.faults[route] = how
+    with pytest.raises(StorageError, match=f"(?s)fetch 'hub:alice/json'.*{words}") as e:
+        lh.resolve_adapter("hub:alice/json")
+    assert "not in the local cache)" not in str(e.value).replace("(and it is not in the local cache)", "")
+    out = capsys.readouterr()
+    assert TOKEN not in str(e.value) + out.out + out.err
+
+
+@pytest.mark.parametrize("route, how, words", [
+    ("create", "500", "Hub server failed \\(HTTP 500\\)"),
+    ("create", "cut", "failed or was cut"),
+    ("create", "stall", "did not answer in time"),
+])
+def test_hub_upload_failures_say_what_happened(hub, model, short_timeouts, route, how, words, capsys):
+    hub.faults[route] = how
+    with pytest.raises(StorageError, match=f"(?s)upload 'json' to the Hub repo 'alice/json'.*{words}") as e:
+        lh.save_adapter(model, "json", where="hub", path_or_repo="alice/json", token=TOKEN)
+    out = capsys.readouterr()
+    assert TOKEN not in str(e.value) + out.out + out.err
+
+
+@pytest.mark.parametrize("spec", ["hub:bad id!/x", "hub:alice/" + "b" * 200, "hub:al--ice/x",
+                                  "hub:alice/json/../../etc", "hub:alice/json/../x@main"])
+def test_invalid_hub_ids_are_refused_before_asking(hub, spec):
+    with pytest.raises(AdapterError, match="not a valid Hub repository|without '.' or '..'"):
+        lh.resolve_adapter(spec)
+    assert hub.requests == []
+
+
+@pytest.mark.parametrize("repo", ["bad repo!", "alice/bad repo", "alice/" + "r" * 200, "alice/zoo/../../x"])
+def test_invalid_hub_ids_are_refused_before_uploading(hub, model, repo):
+    with pytest.raises(AdapterError, match="not a valid Hub repository|without '.' or '..'"):
+        lh.save_adapter(model, "json", where="hub", path_or_repo=repo, token=TOKEN)
+    assert hub.requests == []
