@@ -1,20 +1,30 @@
-"""Notebook widgets: a dropdown that switches the model's adapter, a prompt box and a Generate button."""
+"""Notebook widgets: the adapter switcher (dropdown, prompt, «Сгенерировать»), replies side by side, sizes.
+
+Only APIs that ipywidgets 7 (Colab ships 7.7.1) and 8 both have; everything shown on screen is Russian.
+"""
 from __future__ import annotations
+
+import warnings
+from html import escape
 
 import ipywidgets as widgets
 
-from .errors import AdapterError
 from .generate import generate
 from .names import BASE
 
-AUTO = "auto (router)"
+AUTO = "auto (router)"  # dropdown value of the router mode; a space, so no adapter can have this name
+LABELS = {BASE: "base (без адаптера)", AUTO: "авто (роутер)"}
+BUTTON = "Сгенерировать"
+BUSY = "Генерирую…"
 
 
 class AdapterSwitcher(widgets.VBox):
-    """Dropdown (adapters, "base", "auto (router)") + Textarea + Generate button + Output.
+    """Dropdown (adapters, "base", auto) + prompt + «Сгенерировать» button + status line + Output.
 
-    Picking an adapter switches the live model at once (``lh.switch``); in "auto" mode the router picks
-    the adapter from the prompt on each Generate. ``last_adapter`` and ``last_reply`` keep the last run.
+    Picking an adapter switches the live model at once (``lh.switch``); in auto mode the router picks
+    the adapter from the prompt on each click. The button is disabled while a reply is generated, and
+    any error is shown in the Output (type and message) instead of being raised into the notebook.
+    ``last_adapter`` and ``last_reply`` keep the last successful run.
     """
 
     def __init__(self, model, tokenizer, router=None, max_new_tokens: int = 96, prompt: str = ""):
@@ -24,46 +34,70 @@ class AdapterSwitcher(widgets.VBox):
         self.max_new_tokens = max_new_tokens
         names = list(getattr(model, "peft_config", {}) or {})
         options = names + [BASE] + ([AUTO] if router is not None else [])
-        self.dropdown = widgets.Dropdown(options=options, value=active_adapter(model), description="Адаптер:")
+        active = active_adapter(model)
+        self.dropdown = widgets.Dropdown(options=[(LABELS.get(o, o), o) for o in options],
+                                         value=active if active in options else None, description="Адаптер:")
         self.prompt = widgets.Textarea(value=prompt, placeholder="Введите запрос…", description="Запрос:",
                                        layout=widgets.Layout(width="95%", height="80px"))
-        self.button = widgets.Button(description="Generate", button_style="primary", icon="play")
+        self.button = widgets.Button(description=BUTTON, button_style="primary", icon="play")
         self.status = widgets.HTML()
         self.output = widgets.Output(layout=widgets.Layout(border="1px solid #ccc", min_height="40px"))
         self.last_adapter: str | None = None
         self.last_reply: str | None = None
         self.dropdown.observe(self._on_pick, names="value")
         self.button.on_click(self._on_generate)
-        self._show_status(active_adapter(model))
+        self._show_status(active if isinstance(active, str) else ", ".join(active))
         super().__init__([widgets.HBox([self.dropdown, self.button]), self.prompt, self.status, self.output])
 
     def _show_status(self, name: str, note: str = "") -> None:
-        self.status.value = f"<b>Активный адаптер:</b> <code>{name}</code> {note}"
+        self.status.value = f"<b>Активный адаптер:</b> <code>{escape(name)}</code> {escape(note)}".rstrip()
 
-    def _on_pick(self, change) -> None:
-        from .adapters import switch
-
-        if change["new"] != AUTO:
-            switch(self.model, change["new"])
-            self._show_status(change["new"])
-
-    def _on_generate(self, _button=None) -> str:
-        from .adapters import switch
-
+    def _clear(self) -> None:
         # Not clear_output(): in a browser its echo ("outputs = []") can arrive after the new reply and erase it.
         self.output.outputs = ()
+
+    def _show_error(self, e: BaseException) -> None:
+        self.output.append_stderr(f"Ошибка — {type(e).__name__}: {e}\n")
+
+    def _switch(self, name: str) -> None:
+        """``lh.switch``, with its warnings (an untrained adapter) shown in the Output, not lost in a log."""
+        from .adapters import switch
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            switch(self.model, name)
+        for w in caught:
+            self.output.append_stderr(f"Предупреждение: {w.message}\n")
+
+    def _on_pick(self, change) -> None:
+        name = change["new"]
+        if name in (AUTO, None):
+            return
+        self._clear()
+        try:
+            self._switch(name)
+        except Exception as e:  # a stale option (adapter deleted since) must not raise inside a callback
+            self._show_error(e)
+            return
+        self._show_status(name)
+
+    def _on_generate(self, _button=None) -> str:
+        self._clear()
+        self.button.disabled, self.button.description = True, BUSY
         text = self.prompt.value
         try:
             name, note = self.dropdown.value, ""
             if name == AUTO:
                 name = self.router.route(text)
-                note = f"(маршрутизатор: {self.router.explain(text)})"
-                switch(self.model, name)
+                note = f"(роутер: {self.router.explain(text)})"
+                self._switch(name)
             self._show_status(name, note)
             reply = generate(self.model, self.tokenizer, text, max_new_tokens=self.max_new_tokens)
-        except AdapterError as e:  # bad input is shown to the learner, not raised into the void
-            self.output.append_stderr(f"{type(e).__name__}: {e}\n")
+        except Exception as e:  # any error is shown to the learner, not raised into a callback nobody sees
+            self._show_error(e)
             return ""
+        finally:
+            self.button.disabled, self.button.description = False, BUTTON
         self.last_adapter, self.last_reply = name, reply
         self.output.append_stdout(f"[{name}]\n{reply}\n")
         return reply
@@ -76,8 +110,6 @@ def adapter_switcher(model, tokenizer, router=None, **kw) -> AdapterSwitcher:
 
 def show_replies(prompt: str, replies: dict):
     """One prompt's replies side by side (adapter -> reply) as an HTML table (a notebook shows the result)."""
-    from html import escape
-
     from IPython.display import HTML
 
     head = "".join(f"<th style='text-align:left'>{escape(name)}</th>" for name in replies)
@@ -87,7 +119,7 @@ def show_replies(prompt: str, replies: dict):
 
 
 def plot_sizes(sizes: dict, ax=None):
-    """Bar chart of sizes in MiB on a log scale (an adapter vs a whole model)."""
+    """Bar chart of sizes in МиБ (2**20 bytes) on a log scale (an adapter vs a whole model)."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -95,8 +127,8 @@ def plot_sizes(sizes: dict, ax=None):
     mib = [v / 2**20 for v in sizes.values()]
     bars = ax.barh(list(sizes), mib, color=["#4c9be8", "#e8834c", "#7bc47f", "#b07be8"][: len(mib)])
     ax.set_xscale("log")
-    ax.set_xlabel("MiB (логарифмическая шкала)")
+    ax.set_xlabel("МиБ (логарифмическая шкала)")
     for bar, v in zip(bars, mib):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:.1f} MiB", va="center")
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:.1f} МиБ", va="center")
     ax.margins(x=0.3)
     return ax

@@ -1,4 +1,5 @@
-"""Static checks of the stored notebooks: no secrets, Colab-ready structure, one repository URL."""
+"""Static checks of the stored notebooks: no secrets, Colab-ready structure, one repository URL, no test
+plumbing or English UI on screen, the course's frame (time, self-check, next notebook)."""
 import json
 import re
 import shutil
@@ -14,10 +15,32 @@ import sync_repo_url  # noqa: E402
 
 TOKEN = re.compile(r"hf_[A-Za-z0-9]{30,}")
 HOME = re.compile(r"(/root/|/home/[\w.\-]+/|/Users/[\w.\-]+/|C:\\\\Users\\\\)")
+NBVAL_TAGS = {"nbval-check-output", "nbval-ignore-output", "nbval-raises-exception", "nbval-skip"}
+FOUR_TICKS = re.compile(r"[Ее]сли отмечено 4 пункт\w* или больше")
 
 
 def cells(nb_path):
     return json.loads(nb_path.read_text())["cells"]
+
+
+def source(cell) -> str:
+    return "".join(cell["source"])
+
+
+def setup_cell(nb_path) -> str:
+    return next(source(c) for c in cells(nb_path) if c["cell_type"] == "code")
+
+
+def output_texts(nb_path):
+    """Every stored output's text (stream text, text-like mime types) and the stored widget state (what a
+    viewer draws for a widget: its labels, status line and Output), one string per item."""
+    widgets = json.loads(nb_path.read_text())["metadata"].get("widgets", {})
+    yield json.dumps(widgets, ensure_ascii=False)
+    for cell in cells(nb_path):
+        for out in cell.get("outputs", []):
+            parts = [out.get("text", "")] + [v for k, v in out.get("data", {}).items() if k.startswith("text/")]
+            parts += [out.get("evalue", "")]
+            yield "".join("".join(p) if isinstance(p, list) else str(p) for p in parts)
 
 
 def test_three_notebooks():
@@ -37,16 +60,96 @@ def test_no_tokens_or_home_paths_in_stored_outputs(nb):
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_colab_ready_structure(nb):
     cs = cells(nb)
-    first = "".join(cs[0]["source"])
+    first = source(cs[0])
     assert cs[0]["cell_type"] == "markdown" and first.startswith("# ")
     assert "colab-badge.svg" in first and nb.name in first and "T4 GPU" in first
-    setup = next("".join(c["source"]) for c in cs if c["cell_type"] == "code")
-    assert 'if "google.colab" in sys.modules:' in setup and "lh.setup(" in setup and 'load_base("auto")' in setup
-    assert "torch" not in setup.split("if")[1].split("import lora_helpers")[0].replace("torch из Colab", "")
-    last = "".join(cs[-1]["source"])
+    assert re.search(r"[≈~]\s?30\s?мин", first), "the first cell says how long the notebook takes (≈30 мин)"
+    last = source(cs[-1])
     assert "Самопроверка" in last and last.count("- [ ]") >= 5
-    anchors = {a for c in cs if c["cell_type"] == "markdown" for a in re.findall(r'<a id="([\w-]+)"', "".join(c["source"]))}
+    anchors = {a for c in cs if c["cell_type"] == "markdown" for a in re.findall(r'<a id="([\w-]+)"', source(c))}
     assert anchors and set(re.findall(r"\]\(#([\w-]+)\)", last)) <= anchors
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_setup_cell_installs_in_colab_only_and_loads_the_chosen_base(nb):
+    setup = setup_cell(nb)
+    assert setup.splitlines()[1] == ('BASE = "auto"  #@param ["auto", "smollm2-135m", "smollm2-135m-4bit", '
+                                     '"mistral-7b"]')
+    assert 'if "google.colab" in sys.modules:' in setup and "lh.setup(" in setup and "lh.load_base(BASE)" in setup
+    colab = setup.split('if "google.colab" in sys.modules:')[1].split("import lora_helpers")[0]
+    assert "RuntimeError" in colab, "a failed clone or pip install stops with a clear message"
+    assert not re.search(r"\btorch\b", colab), "the install step must not replace Colab's torch"
+    assert "%" not in colab and "!" not in colab.replace("!=", ""), "no shell magics: they fail silently"
+
+
+def test_setup_cell_is_the_same_in_every_notebook():
+    """One setup cell for the whole course: only its last (print) line may differ."""
+    bodies = {nb.name: setup_cell(nb).rstrip().rsplit("\n", 1)[0] for nb in NOTEBOOKS}
+    assert len(set(bodies.values())) == 1, sorted(bodies)
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_nbval_markers_are_tags_not_comments(nb):
+    for i, cell in enumerate(cells(nb)):
+        if cell["cell_type"] == "code":
+            assert "NBVAL" not in source(cell).upper(), f"{nb.name} cell {i}: use a cell tag, not a comment"
+        tags = set(cell["metadata"].get("tags", []))
+        assert {t for t in tags if t.startswith("nbval")} <= NBVAL_TAGS, f"{nb.name} cell {i}: {tags}"
+    assert any("nbval-check-output" in c["metadata"].get("tags", []) for c in cells(nb)), \
+        "at least one output is checked"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_test_plumbing_on_screen(nb):
+    for cell in cells(nb):
+        text = source(cell).lower()
+        assert "для теста" not in text and "проверяется автоматически" not in text, source(cell)[:120]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_english_button_or_off_glossary_words_in_stored_outputs(nb):
+    for text in output_texts(nb):
+        assert not re.search(r"\bGenerate\b", text), f"English button label in {nb.name}: {text[:200]}"
+        for word in ("маршрутизатор", "ток/с"):
+            assert word not in text.lower(), f"{word!r} in a stored output of {nb.name}: use the glossary"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_glossary_in_the_prose(nb):
+    for cell in cells(nb):
+        text = source(cell).lower()
+        for word in ("маршрутизатор", "ток/с", "шпаргалк"):
+            assert word not in text, f"{word!r} in {nb.name}: {source(cell)[:120]}"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS[:-1], ids=lambda p: p.name)
+def test_self_check_ends_with_the_four_ticks_line_and_links_the_next_notebook(nb):
+    last = source(cells(nb)[-1])
+    ticks = FOUR_TICKS.search(last)
+    assert ticks and ticks.start() > last.rindex("- [ ]"), "the self-check ends with the 4-ticks line"
+    following = NOTEBOOKS[NOTEBOOKS.index(nb) + 1].name
+    assert re.search(r"\]\([^)]*" + re.escape(following) + r"\)", last), f"no link to {following}"
+
+
+def test_the_last_notebook_ends_with_the_four_ticks_line():
+    last = source(cells(NOTEBOOKS[-1])[-1])
+    ticks = FOUR_TICKS.search(last)
+    assert ticks and ticks.start() > last.rindex("- [ ]"), "the self-check ends with the 4-ticks line"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_run_all_never_publishes_or_mounts_by_itself(nb):
+    """Hub uploads and Drive mounts sit behind form fields that are off by default (issue 14)."""
+    code = "\n".join(source(c) for c in cells(nb) if c["cell_type"] == "code")
+    if re.search(r'push_to_hub\(|where="hub"', code):
+        assert re.search(r'^PUBLISH_TO_HUB = False +#@param \{type:"boolean"\}$', code, re.M)
+        for line in code.splitlines():
+            if re.search(r'push_to_hub\(|where="hub"', line) and not line.lstrip().startswith("#"):
+                block = code[: code.index(line)]
+                assert "if PUBLISH_TO_HUB" in block.rsplit("\n\n", 1)[-1] or "if PUBLISH_TO_HUB" in block
+    if "mount_drive(" in code:
+        assert re.search(r'^USE_DRIVE = False +#@param \{type:"boolean"\}$', code, re.M)
+        assert all("USE_DRIVE and lh.mount_drive()" in line for line in code.splitlines() if "mount_drive(" in line)
 
 
 def test_repository_url_written_once_and_in_sync():
@@ -67,3 +170,16 @@ def test_sync_rewrites_every_link(tmp_path, monkeypatch):
     for p in sync_repo_url.targets():
         text = p.read_text()
         assert "new-owner/new-name" in text and "lora-adapters-course/lora-adapters-course" not in text
+
+
+def test_adapter_table_in_01_matches_the_data_and_the_readme():
+    """Notebook 01's table per adapter: training examples = lines in the data, pass rate = README's table."""
+    data = ROOT / "lora_helpers" / "course" / "data"
+    prose = "\n".join(source(c) for c in cells(NOTEBOOKS[0]) if c["cell_type"] == "markdown")
+    readme = (ROOT / "README.md").read_text()
+    for name in ("json", "coding", "support"):
+        row = re.search(rf"^\| `{name}` \|.*$", prose, re.M)
+        assert row, f"no table row for {name}"
+        count, rate = [cell.strip() for cell in row.group().strip("|").split("|")][2:4]
+        assert count.split()[0] == str(sum(1 for line in open(data / f"{name}_train.jsonl", encoding="utf-8") if line.strip())), (name, count)
+        assert re.search(rf"^\| lora_{name} \| \d+ \| {re.escape(rate)} \|", readme, re.M), (name, rate)

@@ -1,8 +1,16 @@
-"""The adapter switcher driven from Python: set .value, click, read the Output."""
+"""The adapter switcher driven from Python: set .value, click, read the Output.
+
+Runs on whatever ipywidgets is installed (8 in .venv; the same tests pass on 7.7.1, Colab's version).
+"""
+import re
+from pathlib import Path
+
+import ipywidgets
 import pytest
 from peft import LoraConfig, get_peft_model
 
 import lora_helpers as lh
+import lora_helpers.widgets as lw
 
 
 @pytest.fixture
@@ -22,15 +30,36 @@ class FixedRouter:
         return "test rule"
 
 
-def output_text(w):
-    return "".join(o.get("text", "") for o in w.output.outputs)
+def output_text(w, stream=None):
+    return "".join(o.get("text", "") for o in w.output.outputs if stream is None or o.get("name") == stream)
+
+
+def values(dropdown):
+    return [v for _, v in dropdown.options]
+
+
+def labels(dropdown):
+    return [label for label, _ in dropdown.options]
 
 
 def test_options_and_initial_state(two_adapters, tiny_tokenizer):
     w = lh.adapter_switcher(two_adapters, tiny_tokenizer, router=FixedRouter())
-    assert list(w.dropdown.options) == ["json", "coding", "base", "auto (router)"]
+    assert values(w.dropdown) == ["json", "coding", "base", lw.AUTO]
     assert w.dropdown.value == "json" and "json" in w.status.value
-    assert "auto (router)" not in lh.adapter_switcher(two_adapters, tiny_tokenizer).dropdown.options
+    assert lw.AUTO not in values(lh.adapter_switcher(two_adapters, tiny_tokenizer).dropdown)
+
+
+def test_everything_on_screen_is_russian(two_adapters, tiny_tokenizer):
+    w = lh.adapter_switcher(two_adapters, tiny_tokenizer, router=FixedRouter(), max_new_tokens=2)
+    assert w.button.description == "Сгенерировать"
+    assert (w.dropdown.description, w.prompt.description) == ("Адаптер:", "Запрос:")
+    assert labels(w.dropdown) == ["json", "coding", "base (без адаптера)", "авто (роутер)"]
+    assert "Активный адаптер" in w.status.value
+    w.dropdown.value = lw.AUTO
+    w.prompt.value = "some code please"
+    w.button.click()
+    assert "роутер" in w.status.value and "маршрутизатор" not in w.status.value
+    assert not re.search(r"\b(Generate|router|Active)\b", w.status.value + w.button.description)
 
 
 def test_picking_switches_the_model_and_generate_shows_the_reply(two_adapters, tiny_tokenizer):
@@ -52,7 +81,7 @@ def test_picking_switches_the_model_and_generate_shows_the_reply(two_adapters, t
 
 def test_auto_mode_routes_each_prompt(two_adapters, tiny_tokenizer):
     w = lh.adapter_switcher(two_adapters, tiny_tokenizer, router=FixedRouter(), max_new_tokens=4)
-    w.dropdown.value = "auto (router)"
+    w.dropdown.value = lw.AUTO
     w.prompt.value = "some code please"
     w.button.click()
     assert w.last_adapter == "coding" and lh.active_adapter(two_adapters) == "coding"
@@ -62,16 +91,84 @@ def test_auto_mode_routes_each_prompt(two_adapters, tiny_tokenizer):
     assert w.last_adapter == "json" and lh.active_adapter(two_adapters) == "json"
 
 
+def test_button_is_disabled_while_a_reply_is_generated(two_adapters, tiny_tokenizer, monkeypatch):
+    w = lh.adapter_switcher(two_adapters, tiny_tokenizer, prompt="hi")
+    seen = []
+
+    def fake_generate(model, tokenizer, prompt, **kw):
+        seen.append((w.button.disabled, w.button.description))
+        return "reply"
+
+    monkeypatch.setattr(lw, "generate", fake_generate)
+    assert not w.button.disabled
+    w.button.click()
+    assert seen == [(True, "Генерирую…")]
+    assert not w.button.disabled and w.button.description == "Сгенерировать" and w.last_reply == "reply"
+
+
+def test_any_error_is_shown_in_the_output_and_the_button_comes_back(two_adapters, tiny_tokenizer, monkeypatch):
+    w = lh.adapter_switcher(two_adapters, tiny_tokenizer, prompt="hi")
+
+    def broken_generate(*a, **kw):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(lw, "generate", broken_generate)
+    assert w._on_generate() == ""   # nothing raised into the notebook
+    errors = output_text(w, "stderr")
+    assert "RuntimeError: CUDA out of memory" in errors and "Traceback" not in errors
+    assert not w.button.disabled and w.last_reply is None
+    monkeypatch.undo()
+    w.button.click()  # the next click works and clears the old error
+    assert output_text(w, "stderr") == "" and output_text(w).startswith("[json]\n")
+
+
 def test_empty_prompt_is_shown_as_an_error_not_raised(two_adapters, tiny_tokenizer):
     w = lh.adapter_switcher(two_adapters, tiny_tokenizer)
     w.prompt.value = "   "
     w.button.click()
-    errors = "".join(o.get("text", "") for o in w.output.outputs if o.get("name") == "stderr")
-    assert "PromptError" in errors and w.last_reply is None
+    assert "PromptError" in output_text(w, "stderr") and w.last_reply is None
+
+
+def test_a_failing_router_is_shown_not_raised(two_adapters, tiny_tokenizer):
+    class BadRouter(FixedRouter):
+        def route(self, text):
+            raise KeyError("no rule")
+
+    w = lh.adapter_switcher(two_adapters, tiny_tokenizer, router=BadRouter())
+    w.dropdown.value = lw.AUTO
+    w.prompt.value = "hi"
+    w.button.click()
+    assert "KeyError" in output_text(w, "stderr") and not w.button.disabled
+
+
+def test_picking_an_adapter_deleted_since_is_shown_not_raised(two_adapters, tiny_tokenizer):
+    w = lh.adapter_switcher(two_adapters, tiny_tokenizer)
+    two_adapters.delete_adapter("coding")
+    w.dropdown.value = "coding"   # the option is stale: the model no longer has it
+    assert "AdapterNotFoundError" in output_text(w, "stderr")
+    assert lh.active_adapter(two_adapters) == "json"
+
+
+def test_picking_an_untrained_adapter_shows_the_warning(two_adapters, tiny_tokenizer):
+    two_adapters.add_adapter("blank", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    w = lh.adapter_switcher(two_adapters, tiny_tokenizer)
+    w.dropdown.value = "blank"
+    assert lh.active_adapter(two_adapters) == "blank"
+    assert "lora_B" in output_text(w, "stderr") and "Предупреждение" in output_text(w, "stderr")
+
+
+def test_only_apis_ipywidgets_7_has():
+    """Colab ships ipywidgets 7.7.1: the switcher must not use what only ipywidgets 8 knows."""
+    source = Path(lw.__file__).read_text()
+    for name in ("description_allow_html", "tabbable", "tooltip", "grid_", "TagsInput", "Stack(", "Datetime"):
+        assert name not in source, name
+    assert int(ipywidgets.__version__.split(".")[0]) in (7, 8)
 
 
 def test_show_replies_and_plot_sizes():
     html = lh.show_replies("Q <1>", {"json": '{"a": 1}', "base": "plain"})
     assert "<th style='text-align:left'>json</th>" in html.data and "Q &lt;1&gt;" in html.data
+    assert "Запрос" in html.data
     ax = lh.plot_sizes({"adapter": 2**20, "model": 2**29})
     assert [b.get_width() for b in ax.patches] == [1.0, 512.0]
+    assert "МиБ" in ax.get_xlabel() and "MiB" not in ax.get_xlabel()

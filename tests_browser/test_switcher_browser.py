@@ -16,7 +16,7 @@ KERNEL_MS = 60_000       # one widget round trip (a switch, or 8 new tokens of t
 
 DROPDOWN = ".lh-switcher .widget-dropdown select"
 TEXTAREA = ".lh-switcher .widget-textarea textarea"
-GENERATE = ".lh-switcher button:has-text('Generate')"
+GENERATE = ".lh-switcher button:has-text('Сгенерировать')"
 STATUS = ".lh-switcher .widget-html"
 OUTPUT = ".lh-switcher .widget-output"
 PROBE = ".lh-kernel-probe pre"
@@ -64,7 +64,10 @@ def generate(page, prompt: str, runs: int) -> dict:
     page.fill(TEXTAREA, prompt)
     wait_kernel(page, prompt=prompt)        # the kernel has the text before the click is sent
     page.click(GENERATE)
-    return wait_kernel(page, runs=runs)
+    state = wait_kernel(page, runs=runs)
+    # disabled while the reply is generated, enabled again (with its label back) once it is shown
+    page.wait_for_selector(f"{GENERATE}:not([disabled])", timeout=KERNEL_MS)
+    return state
 
 
 def test_switcher_in_browser(voila_url, browser, artifacts):
@@ -79,7 +82,7 @@ def test_switcher_in_browser(voila_url, browser, artifacts):
         # The widget as the learner sees it: adapters, base, auto; "json" active in the kernel.
         options = page.eval_on_selector_all(f"{DROPDOWN} option", "els => els.map(e => e.textContent)")
         options = [o.replace("\xa0", " ") for o in options]   # ipywidgets shows spaces as &nbsp;
-        assert options == ["json", "coding", "base", "auto (router)"]
+        assert options == ["json", "coding", "base (без адаптера)", "авто (роутер)"]
         assert page.inner_text(".lh-switcher .widget-dropdown label") == "Адаптер:"
         assert kernel_state(page)["active"] == "json"
         assert "json" in page.inner_text(STATUS)
@@ -92,21 +95,21 @@ def test_switcher_in_browser(voila_url, browser, artifacts):
                                timeout=KERNEL_MS)
         assert squash(page.inner_text(STATUS)) == "Активный адаптер: coding"
 
-        # Type a prompt, click Generate: the kernel's reply appears in the Output under [coding].
+        # Type a prompt, click «Сгенерировать»: the kernel's reply appears in the Output under [coding].
         state = generate(page, "Write a Python function that reverses a string", runs=1)
         assert state["active"] == "coding" and state["last_adapter"] == "coding"
         assert isinstance(state["last_reply"], str)
         assert_output(page, f"[coding]\n{state['last_reply']}")
         page.screenshot(path=str(artifacts / "switcher-coding.png"), full_page=True)
 
-        # "auto (router)": picking it changes nothing yet; a JSON prompt is routed to "json" on Generate.
-        page.select_option(DROPDOWN, "auto (router)")
+        # «авто (роутер)»: picking it changes nothing yet; a JSON prompt is routed to "json" on the click.
+        page.select_option(DROPDOWN, label="авто (роутер)")
         assert wait_kernel(page, dropdown="auto (router)")["active"] == "coding"
         state = generate(page, "Верни JSON со схемой: имя, возраст, город", runs=2)
         assert state["active"] == "json" and state["last_adapter"] == "json"
         assert_output(page, f"[json]\n{state['last_reply']}")   # the [coding] reply is cleared
         status = squash(page.inner_text(STATUS))
-        assert status.startswith("Активный адаптер: json") and "маршрутизатор" in status and "«json»" in status
+        assert status.startswith("Активный адаптер: json") and "роутер" in status and "«json»" in status
         assert not errors, errors
     finally:
         page.screenshot(path=str(artifacts / "switcher.png"), full_page=True)
