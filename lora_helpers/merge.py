@@ -37,7 +37,7 @@ TOLERANCE_4BIT = 2.0
 METHODS = ("linear", "ties", "dare_ties", "cat")
 VERIFY = (True, False, "auto", "logits", "tensors")
 SAMPLED_LAYERS = 8  # LoRA layers re-read and checked against W + s·B·A when the logits check does not fit
-DEFAULT_SHARD = 256 * 2**20
+SHARD_RANGE = (64 * 2**20, 2 * 2**30)  # default shard: a quarter of the merged model, within this range
 
 
 @dataclass
@@ -84,13 +84,14 @@ def _mib(n: int) -> str:
 
 
 def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify=True,
-                   overwrite: bool = False, tolerance: float | None = None, max_shard_size=DEFAULT_SHARD,
+                   overwrite: bool = False, tolerance: float | None = None, max_shard_size=None,
                    token: str | None = None) -> Path:
     """Merge adapter ``name`` into the base, save a plain transformers folder, return its Path.
 
     The live ``model`` keeps every adapter, unmerged, with the same active one; ``name`` is merged whatever
-    adapter is active. Tensors are merged one at a time and written shard by shard (``max_shard_size``
-    bytes or "500MB"), so the extra memory is about one shard. ``dtype``: of the saved weights (default:
+    adapter is active. Tensors are merged one at a time and written shard by shard (``max_shard_size``:
+    bytes or "500MB"; default a quarter of the merged model, 64 MiB to 2 GiB), so the extra memory is about
+    one shard. ``dtype``: of the saved weights (default:
     the base's; for a 4-bit base its compute dtype — float32 on a CPU, fp16/bf16 on a GPU — since the
     4-bit weights are dequantized and the adapter added to them). ``verify``: True/"auto" reloads the
     folder with ``AutoModelForCausalLM`` (no PEFT) and compares logits on a probe with the unmerged adapter
@@ -110,8 +111,8 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
     if tolerance is None:
         tolerance = max(TOLERANCE[dtype], TOLERANCE_4BIT) if quantized else TOLERANCE[dtype]
     tolerance = float(tolerance)
-    shard_bytes = _shard_bytes(max_shard_size)
     merged_estimate = _merged_bytes(base, dtype)
+    shard_bytes = _shard_bytes(max_shard_size, merged_estimate)
     dest = out.resolve()
     require(f"merge '{name}' into {dest}", disk=int(merged_estimate * 1.05), path=dest.parent,
             ram=2 * min(shard_bytes, merged_estimate) + 256 * 2**20, error=MergeError)
@@ -215,7 +216,9 @@ def _compute_dtype(base) -> torch.dtype:
     return dt if dt in TOLERANCE else torch.float32
 
 
-def _shard_bytes(size) -> int:
+def _shard_bytes(size, merged_bytes: int) -> int:
+    if size is None:
+        return int(min(max(merged_bytes / 4, SHARD_RANGE[0]), SHARD_RANGE[1]))
     if isinstance(size, int) and size > 0:
         return size
     if isinstance(size, str):

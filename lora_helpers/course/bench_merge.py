@@ -50,14 +50,14 @@ if way == "peft":
     merged.save_pretrained(out)
     tok.save_pretrained(out)
 else:
-    lh.merge_and_save(model, adapter, out, tokenizer=tok, verify=way, max_shard_size=shard)
+    lh.merge_and_save(model, adapter, out, tokenizer=tok, verify=way, max_shard_size=shard or None)
 seconds = time.perf_counter() - t0
 done = True; t.join()
 print(json.dumps({"growth": peak - start, "base_bytes": base_bytes, "seconds": seconds}))
 """
 
 
-def measure(way: str, preset: str = "smollm2-135m", adapter: str = "json", shard: int = 256 * 2**20) -> dict:
+def measure(way: str, preset: str = "smollm2-135m", adapter: str = "json", shard: int = 0) -> dict:
     """Peak RSS growth of one merge in a fresh process: way = "tensors", "logits" or "peft"."""
     r = subprocess.run([sys.executable, "-c", _CHILD, way, preset, adapter, str(shard)], capture_output=True,
                        text=True, timeout=900)
@@ -66,9 +66,12 @@ def measure(way: str, preset: str = "smollm2-135m", adapter: str = "json", shard
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def mistral_estimate(shard: int = 256 * 2**20) -> dict:
-    """Extra RAM for merging Mistral-7B from its 4-bit weights on a T4: one shard being filled, plus the
-    biggest transient (a dequantized fp32 MLP weight and its delta, or the fp32 embedding before its cast)."""
+def mistral_estimate() -> dict:
+    """Extra RAM for merging Mistral-7B from its 4-bit weights on a T4: one shard being filled (the default,
+    a quarter of the merged model up to 2 GiB), plus the biggest transient (a dequantized fp32 MLP weight and
+    its delta, or the fp32 embedding before its cast)."""
+    from lora_helpers.merge import SHARD_RANGE
+    shard = min(MISTRAL["fp16_bytes"] / 4, SHARD_RANGE[1])
     transient = max(2 * MISTRAL["mlp"] * 4, MISTRAL["embed"] * 4)
     lh_bytes = shard + transient
     peft_bytes = MISTRAL["fp16_bytes"]  # a full fp16 copy to merge into (the old reload path)
