@@ -23,7 +23,7 @@ from .base import is_quantized
 from .colab import GIB, free_gpu, free_ram, require
 from .errors import AdapterError, AdapterExistsError, AdapterNotFoundError, MergeError
 from .names import BASE, check_name
-from .storage import replace_folder, staging_folder
+from .folders import replace_folder, staging_folder
 
 REPORT_NAME = "merge_report.json"
 PROBE = "Return the user as JSON: name Anna, city Kazan. Напиши функцию на Python, которая считает сумму."
@@ -146,7 +146,7 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
                                  "it, pass a larger tolerance=...; otherwise check that the adapter is not merged "
                                  "already.")
             (tmp / REPORT_NAME).write_text(json.dumps(asdict(report), indent=1))
-            # the old folder survives an interrupt at any instant of the swap (storage.replace_folder)
+            # the old folder survives an interrupt at any instant of the swap (folders.replace_folder)
             replace_folder(tmp, dest, check_old=lambda old: _check_target(old, overwrite))
     except (OSError, SafetensorError) as e:  # disk full, read-only folder, vanished folder
         raise MergeError(f"Writing the merged model for {dest} failed ({type(e).__name__}: {e}). Nothing changed "

@@ -2,30 +2,28 @@
 
 ``resolve_adapter`` turns a source ("session:name", "drive:path", "hub:owner/repo", a folder) into a
 local folder; ``save_adapter`` writes one loaded adapter there; ``inspect_adapter`` reads
-adapter_config.json and the safetensors header without loading weights. :func:`replace_folder` is the
-package's one atomic folder write (merge and train use it too).
+adapter_config.json and the safetensors header without loading weights. The writes go through the
+package's one atomic folder write (:mod:`lora_helpers.folders`), the Hub through :mod:`lora_helpers.hub`;
+their names used elsewhere (``replace_folder``, ``staging_folder``, ``find_token``) import from here too.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import hub
 from .base import in_colab
 from .errors import AdapterError, AdapterFileError, AdapterNotFoundError, StorageError
+from .folders import (  # noqa: F401  (re-exported: merge and train write through storage)
+    CONFIG_NAME, NO_SPACE, PICKLE_NAME, WEIGHTS_NAME, WRITTEN, check_ours, disk_error, recover_folder,
+    replace_folder, staging_folder, write_error,
+)
+from .hub import find_token  # noqa: F401  (public: lh.find_token)
 from .names import check_name
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-PICKLE_NAME = "adapter_model.bin"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-WRITTEN = {CONFIG_NAME, WEIGHTS_NAME, PICKLE_NAME, "README.md"}  # what save_adapter puts in a folder
-_OS_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini"}  # what file browsers add to a synced Drive folder
 COLAB_SESSION_DIR = "/content/adapters"
 WHERE = ("session", "drive", "hub")
 _ROOT_VARS = {"session": "LORA_SESSION_DIR", "drive": "LORA_DRIVE_DIR"}
@@ -59,8 +57,9 @@ def drive_dir() -> Path:
     root = Path(os.environ.get("LORA_DRIVE_DIR") or "drive_standin")
     if str(root) not in _announced:
         _announced.add(str(root))
-        print(f"Google Drive is only available in Colab: using the local stand-in folder '{root}' "
-              "instead (set LORA_DRIVE_DIR to choose another).")
+        # shown to learners in notebook 01, so in Russian
+        print(f"Google Drive есть только в Colab: вместо него используется локальная папка '{root}' "
+              "(другую можно задать в LORA_DRIVE_DIR).")
     return root
 
 
@@ -99,252 +98,6 @@ def _inside(where: str, given) -> tuple[Path, Path]:
     return shown, real
 
 
-# ----------------------------------------------------------------------------- the atomic folder write
-def _old_copy(target: Path) -> Path:
-    return target.with_name(f".{target.name}.lora_helpers-old")
-
-
-def recover_folder(target) -> None:
-    """Finish a :func:`replace_folder` that was cut short (a killed process, a second Ctrl-C).
-
-    With ``target`` missing, its moved-aside old copy goes back; with ``target`` present (the swap happened),
-    a leftover old copy is removed.
-    """
-    target = Path(target)
-    old = _old_copy(target)
-    if not os.path.lexists(old):
-        return
-    if not os.path.lexists(target):
-        os.rename(old, target)
-    elif old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
-
-
-@contextmanager
-def staging_folder(target):
-    """A new empty folder beside ``target`` (same file system, so :func:`replace_folder` is a rename),
-    removed on exit whatever happens."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def replace_folder(src, target, *, check_old=None) -> Path:
-    """Move the complete folder ``src`` to ``target`` (same file system), replacing an older ``target``.
-
-    The old copy is renamed aside (``.<name>.lora_helpers-old``), ``src`` renamed into place, then the old
-    copy removed: at every instant the old or the new complete copy is at ``target``, or the old one is
-    beside it and is put back here (on any exception, KeyboardInterrupt included) or by the next call
-    (:func:`recover_folder`). ``check_old(target)`` runs just before an existing ``target`` is moved aside
-    and raises to refuse replacing it. ``src`` gets the mode of a normal folder (0755; ``mkdtemp``
-    makes it private). Returns ``target``.
-    """
-    src, target = Path(src), Path(target)
-    recover_folder(target)
-    old = _old_copy(target)
-    src.chmod(0o755)
-    try:
-        if os.path.lexists(target):
-            if check_old is not None:
-                check_old(target)
-            os.rename(target, old)
-        os.rename(src, target)
-    except BaseException:
-        if not os.path.lexists(target) and os.path.lexists(old):
-            os.rename(old, target)
-        raise
-    try:
-        recover_folder(target)  # drops the old copy
-    except OSError:  # the new copy is in place; the next call removes the old one
-        pass
-    return target
-
-
-def check_ours(folder: Path) -> None:
-    """Refuse (StorageError) to replace ``folder`` unless it is empty or holds only what save_adapter writes."""
-    fix = "Nothing was changed. Choose another name (path_or_repo=...), or move that away yourself first."
-    if folder.is_symlink() or not folder.is_dir():
-        raise StorageError(f"'{folder}' exists and is {'a link' if folder.is_symlink() else 'a file'}, not an "
-                           f"adapter folder saved by lora_helpers. {fix}")
-    names = {p.name for p in folder.iterdir()}
-    other = sorted(names - WRITTEN - _OS_LITTER)
-    if names and (other or CONFIG_NAME not in names or not names & {WEIGHTS_NAME, PICKLE_NAME}):
-        shown = ", ".join(other[:5]) or "no adapter weights"
-        raise StorageError(f"'{folder}' exists and is not an adapter folder saved by lora_helpers (it holds: "
-                           f"{shown}); expected only {CONFIG_NAME} and {WEIGHTS_NAME}. {fix}")
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
-
-
-def _disk_error(e: OSError, what: str, where: Path, needed: int | None = None) -> StorageError:
-    """A StorageError for a failed write: full disk (with the numbers), read-only, or anything else."""
-    place = next((p for p in [Path(where), *Path(where).parents] if p.exists()), Path("."))
-    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        need = f"about {_size(needed)}" if needed else "more space"
-        return StorageError(f"Not enough disk space to {what}: it needs {need} in '{place}', "
-                            f"{_size(shutil.disk_usage(place).free)} are free. Free some space or save elsewhere, "
-                            f"then retry; any previous copy there is untouched. ({e.strerror})")
-    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return StorageError(f"Cannot {what}: '{place}' is read-only or not writable for you ({e.strerror}). "
-                            "Save somewhere writable (path_or_repo=..., LORA_SESSION_DIR or LORA_DRIVE_DIR); "
-                            "any previous copy there is untouched.")
-    return StorageError(f"Could not {what} ({type(e).__name__}: {e}); any previous copy there is untouched. "
-                        "Check free space and permissions, then retry.")
-
-
-# ----------------------------------------------------------------------------- the Hub
-def _endpoint():
-    """The Hub address, read at call time so HF_ENDPOINT set after import still counts."""
-    return os.environ.get("HF_ENDPOINT") or None
-
-
-def _scrub(text: str, token) -> str:
-    return text.replace(token, "hf_***") if token else text
-
-
-def find_token(token=None):
-    """The token from the argument, ``HF_TOKEN`` or the Colab secret ``HF_TOKEN`` (None if none)."""
-    if token:
-        return token
-    if os.environ.get("HF_TOKEN"):
-        return os.environ["HF_TOKEN"]
-    if in_colab():
-        try:
-            from google.colab import userdata
-            return userdata.get("HF_TOKEN") or None
-        except Exception:  # secret missing or notebook access not granted
-            return None
-    return None
-
-
-def _repo_id(repo_id: str, given: str) -> str:
-    from huggingface_hub.utils import validate_repo_id
-    try:
-        validate_repo_id(repo_id)
-    except ValueError:  # HFValidationError
-        raise AdapterError(f"{given!r} is not a valid Hub repository: expected 'owner/repo' made of letters, "
-                           "digits, '-', '_' and '.' (at most 96 characters), e.g. 'hub:me/lora_json'.") from None
-    return repo_id
-
-
-def _subfolder(parts: list, given: str) -> str:
-    if any(p in (".", "..") for p in parts):
-        raise AdapterError(f"{given!r}: a subfolder in a Hub repository is a relative path without '.' or '..' "
-                           "parts, e.g. 'hub:me/zoo/lora_json'.")
-    return "/".join(parts)
-
-
-def _parse_hub(spec: str):
-    """'owner/repo[/sub][@rev]' -> (repo_id, sub, revision)."""
-    rest, _, revision = spec.rpartition("@") if "@" in spec else (spec, "", None)
-    parts = [p for p in rest.strip("/").split("/") if p]
-    if len(parts) < 2:
-        raise AdapterError(f"'hub:{spec}' is not a Hub repository: expected 'hub:owner/repo', optionally "
-                           "'/subfolder' and '@revision', e.g. 'hub:me/lora_json@main'.")
-    given = f"hub:{spec}"
-    return _repo_id("/".join(parts[:2]), given), _subfolder(parts[2:], given), revision or None
-
-
-def _chain(e):
-    seen = []
-    while e is not None and len(seen) < 20:
-        seen.append(e)
-        e = e.__cause__ or e.__context__
-    return seen
-
-
-def _hub_failure(e: BaseException, action: str, token) -> AdapterError:
-    """What went wrong talking to the Hub, in words: a timeout, a cut connection, a server error."""
-    kinds = {c.__name__ for x in _chain(e) for c in type(x).__mro__}
-    status = next((getattr(getattr(x, "response", None), "status_code", None) for x in _chain(e)
-                   if getattr(getattr(x, "response", None), "status_code", None)), None)
-    hub = _endpoint() or "huggingface.co"
-    if kinds & {"TimeoutException", "TimeoutError"}:
-        why = f"the Hub at {hub} did not answer in time. Check your connection and try again"
-    elif kinds & {"TransportError", "ConnectionError"} and "OfflineModeIsEnabled" not in kinds:
-        why = (f"the connection to the Hub at {hub} failed or was cut ({type(_chain(e)[-1]).__name__}). Check "
-               "your connection and try again")
-    elif isinstance(status, int) and status >= 500:
-        why = f"the Hub server failed (HTTP {status}); that is on its side: try again in a few minutes"
-    elif isinstance(status, int):
-        said = next((getattr(x, "server_message", None) for x in _chain(e) if getattr(x, "server_message", None)),
-                    None) or str(e).splitlines()[0]
-        why = f"the Hub refused it (HTTP {status}: {said}). Check the name, and HF_TOKEN for a private repository"
-    elif isinstance(e, OSError) and e.errno is not None:
-        return _disk_error(e, action, Path(os.environ.get("HF_HUB_CACHE") or tempfile.gettempdir()))
-    else:
-        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Check your connection and try again"
-    return StorageError(_scrub(f"Could not {action}: {why}.", token))
-
-
-def _download(spec: str) -> Path:
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (
-        LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
-    repo_id, sub, revision = _parse_hub(spec)
-    token = find_token()
-    try:
-        folder = snapshot_download(repo_id, revision=revision, token=token, endpoint=_endpoint(),
-                                   allow_patterns=[f"{sub}/*"] if sub else None)
-    except RepositoryNotFoundError as e:
-        raise AdapterNotFoundError(f"Hub repository '{repo_id}' was not found (or it is private and no valid "
-                                   "token was given). Check the name; for a private repo set HF_TOKEN.") from e
-    except RevisionNotFoundError as e:
-        raise AdapterNotFoundError(f"Hub repository '{repo_id}' has no revision '{revision}'. Use a branch, "
-                                   "tag or commit that exists, or drop '@...' for main.") from e
-    except LocalEntryNotFoundError as e:
-        causes = _chain(e)[1:]
-        if not causes or any(isinstance(x, OfflineModeIsEnabled) for x in causes) or constants.HF_HUB_OFFLINE:
-            raise AdapterNotFoundError(f"Could not fetch 'hub:{spec}' and it is not in the local cache "
-                                       f"({type(e).__name__}). Connect to the internet (HF_HUB_OFFLINE=0) and "
-                                       "try again.") from e
-        raise _hub_failure(e, f"fetch 'hub:{spec}' (and it is not in the local cache)", token) from e
-    except Exception as e:  # timeouts and cut connections arrive as the HTTP library's own errors
-        raise _hub_failure(e, f"fetch 'hub:{spec}'", token) from e
-    return Path(folder) / sub if sub else Path(folder)
-
-
-def _push(model, name, spec, private, token, allow_pickle) -> str:
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-    token = find_token(token)
-    if not token:
-        raise StorageError("No Hugging Face token found: pass token=..., set the HF_TOKEN environment variable, "
-                           "or in Colab add a secret named HF_TOKEN (key icon on the left) with a write token "
-                           "from https://huggingface.co/settings/tokens.")
-    parts = [p for p in str(spec).strip("/").split("/") if p]
-    repo_id = _repo_id("/".join(parts[:2]), str(spec))
-    sub = _subfolder(parts[2:], str(spec)) or None
-    api = HfApi(endpoint=_endpoint(), token=token)
-    try:
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        with tempfile.TemporaryDirectory(prefix="lora_push_") as tmp:
-            folder = _write_local(model, name, Path(tmp) / name, allow_pickle)
-            api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=sub,
-                              commit_message=f"Upload LoRA adapter '{name}' (lora_helpers)")
-    except AdapterError:
-        raise
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", "?")
-        if isinstance(status, int) and status >= 500:
-            raise _hub_failure(e, f"upload '{name}' to the Hub repo '{repo_id}'", token) from None
-        why = getattr(e, "server_message", None) or str(e).splitlines()[0]
-        hint = " The token was refused: use a token with write access." if status in (401, 403) else ""
-        raise StorageError(f"Uploading '{name}' to the Hub repo '{repo_id}' failed (HTTP {status}: "
-                           f"{_scrub(why, token)}).{hint}") from None
-    except Exception as e:  # timeouts, cut connections, a full temp disk
-        raise _hub_failure(e, f"upload '{name}' to the Hub repo '{repo_id}'", token) from None
-    return f"{repo_id}/{sub}" if sub else repo_id
-
-
 # ----------------------------------------------------------------------------- reading
 def resolve_adapter(source) -> Path:
     """Map a source to a local folder: a folder, 'session:name', 'drive:rel/path' or
@@ -360,7 +113,7 @@ def resolve_adapter(source) -> Path:
         except OSError:
             pass
     elif isinstance(source, str) and source.startswith("hub:"):
-        path = _download(source[len("hub:"):])
+        path = hub.download(source[len("hub:"):])
     else:
         path = Path(source).expanduser()
     if not path.is_dir():
@@ -473,11 +226,10 @@ def _write_local(model, name: str, target: Path, allow_pickle: bool, card: bool 
     except AdapterError:
         raise
     except OSError as e:
-        needed = _adapter_bytes(model, name) if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", 0)) else None
-        raise _disk_error(e, what, target.parent, needed) from e
+        needed = _adapter_bytes(model, name) if e.errno in NO_SPACE else None
+        raise disk_error(e, what, target.parent, needed) from e
     except Exception as e:
-        raise StorageError(f"Could not {what} ({type(e).__name__}: {e}); any previous copy there is untouched. "
-                           "Check free space and permissions, then retry.") from e
+        raise write_error(e, what) from e
     return target
 
 
@@ -499,7 +251,8 @@ def save_adapter(model, name: str, where: str = "session", path_or_repo=None, pr
     if where not in WHERE:
         raise AdapterError(f"where={where!r} is not a storage place; expected one of {', '.join(WHERE)}.")
     if where == "hub":
-        return _push(model, name, path_or_repo or name, private, token, allow_pickle)
+        return hub.upload(lambda tmp: _write_local(model, name, tmp / name, allow_pickle), name,
+                          path_or_repo or name, private, token)
     shown, real = _inside(where, path_or_repo or name)
     _write_local(model, name, real, allow_pickle)
     return str(shown)

@@ -11,6 +11,7 @@ import pytest
 from http_scaffold import LocalServer, QuietHandler
 
 import lora_helpers as lh
+import lora_helpers.client
 from lora_helpers import serve
 from lora_helpers.course import serve_local
 from lora_helpers.errors import AdapterError, AdapterNotFoundError, AdapterNotServedError, ServeError
@@ -95,7 +96,8 @@ def test_vllm_command_bad_input(tmp_path):
 
 
 def test_public_names():
-    assert lh.RoutedClient is serve.RoutedClient and lh.vllm_command is serve.vllm_command
+    assert lh.RoutedClient is serve.RoutedClient is lora_helpers.client.RoutedClient
+    assert lh.vllm_command is serve.vllm_command and lh.shell_line is serve.shell_line
     assert issubclass(ServeError, AdapterError) and issubclass(AdapterNotServedError, AdapterNotFoundError)
 
 
