@@ -1,11 +1,11 @@
-"""Routers: keyword stems, the semantic router, evaluate_router and the shipped data sets."""
+"""Routers: keyword stems, the n-gram classifier ("semantic"), evaluate_router and the shipped data sets."""
 from collections import Counter
 
 import numpy as np
 import pytest
 
 import lora_helpers as lh
-from lora_helpers._textfeatures import CharNgrams, hidden_state_features, load_labelled, normalize
+from lora_helpers._textfeatures import char_ngrams, hidden_state_features, load_labelled, normalize
 from lora_helpers.router import DEFAULT_RULES, KeywordRouter, SemanticRouter
 
 EVAL = load_labelled("router_eval")
@@ -73,10 +73,13 @@ def test_most_keywords_win_then_first_route(keyword):
 
 
 def test_explain_names_the_keyword_or_the_default(keyword):
-    assert keyword.explain("Найди баги в коде") == "coding: keyword «код» (in «коде»), «баг» (in «баги»)"
-    assert "also matched json" in keyword.explain("Fix the bug in the code of my JSON parser")
-    text = keyword.explain("Привет, как дела?")
-    assert text.startswith("support:") and "default" in text
+    assert keyword.explain("Найди баги в коде") == "coding: ключевые слова «код» (в слове «коде»), «баг» (в слове «баги»)"
+    assert keyword.explain("Опиши схему ответа") == "json: ключевое слово «схем» (в слове «схему»)"
+    assert (keyword.explain("Fix the bug in the code of my JSON parser")
+            == "coding: ключевые слова «code», «bug»; совпали также json: «json»")
+    assert keyword.explain("Привет, как дела?") == "support: ни одно ключевое слово не подошло — маршрут по умолчанию"
+    sizes = ", ".join(f"{r} {len(DEFAULT_RULES[r])}" for r in ROUTES)
+    assert repr(keyword) == f"KeywordRouter(ключевых слов: {sizes}; по умолчанию 'support')"
 
 
 def test_custom_rules_and_default():
@@ -112,7 +115,7 @@ def test_bad_router_arguments():
 
 def test_semantic_accuracy_on_eval(semantic):
     acc, conf = lh.evaluate_router(semantic)
-    assert acc >= 0.9, conf
+    assert acc >= 0.95, conf          # 69 of 72 (0.96), as the hand-written version scored
     no_kw = [x for x in EVAL if not x["has_keyword"]]
     assert lh.evaluate_router(semantic, no_kw)[0] >= 0.85
 
@@ -121,23 +124,43 @@ def test_semantic_scores(semantic):
     s = semantic.scores("Верни список городов в JSON")
     assert list(s) == ROUTES == semantic.routes
     assert abs(sum(s.values()) - 1) < 1e-9 and max(s, key=s.get) == "json"
-    assert semantic.explain("Верни список городов в JSON").startswith("json: classifier")
+    shown = ", ".join(f"{r} {p:.2f}" for r, p in s.items())
+    assert (semantic.explain("Верни список городов в JSON")
+            == f"json: классификатор, вероятность {s['json']:.2f} ≥ порога 0.40 ({shown})")
+    assert repr(semantic) == ("SemanticRouter(классификатор на символьных n-граммах + ключевые слова; "
+                              "маршруты: json, coding, support; порог 0.4; по умолчанию 'support')")
+
+
+def test_classifier_is_scikit_learn_and_semantic_its_older_name(semantic):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    clf = lh.make_router("classifier")
+    assert type(clf) is SemanticRouter and isinstance(clf.clf, LogisticRegression)
+    assert isinstance(clf.ngrams, TfidfVectorizer) and clf.ngrams.analyzer == "char_wb"
+    for x in EVAL[::5]:
+        assert clf.scores(x["text"]) == semantic.scores(x["text"])
 
 
 def test_threshold_falls_back_to_keyword_then_default():
     unsure = lh.make_router("semantic", threshold=1.0)                  # never confident enough
     assert unsure.route("Implement quicksort in Haskell, there is a bug") == "coding"
-    assert "unsure" in unsure.explain("There is a bug")
+    text = unsure.explain("There is a bug")
+    assert text.startswith("coding: классификатор не уверен (лучший — coding с вероятностью ")
+    assert text.endswith("решает роутер по ключевым словам → coding: ключевое слово «bug»")
     assert unsure.route("Implement quicksort in Haskell") == "support"  # no keyword → default
-    assert "default" in unsure.explain("Implement quicksort in Haskell")
+    assert unsure.explain("Implement quicksort in Haskell").endswith("маршрут по умолчанию")
     custom = lh.make_router("semantic", threshold=1.0, default="base")
     assert custom.route("Implement quicksort in Haskell") == "base" and "base" in custom.routes
 
 
 def test_semantic_is_deterministic(semantic):
+    import pickle
+
     other = SemanticRouter()
     for x in EVAL[::7]:
         assert other.scores(x["text"]) == semantic.scores(x["text"])
+    assert pickle.dumps(other.clf.coef_) == pickle.dumps(semantic.clf.coef_)   # the same model, bit for bit
 
 
 def test_semantic_accepts_examples_in_three_shapes():
@@ -150,7 +173,7 @@ def test_semantic_accepts_examples_in_three_shapes():
 
 def test_semantic_with_tiny_model(tiny_model, tiny_tokenizer):
     r = lh.make_router("semantic", model=tiny_model, tokenizer=tiny_tokenizer)
-    assert r.route("Верни JSON со схемой") in ROUTES and "hidden states" in repr(r)
+    assert r.route("Верни JSON со схемой") in ROUTES and "скрытые состояния базовой модели" in repr(r)
     with pytest.raises(lh.AdapterError, match="both model and tokenizer"):
         lh.make_router("semantic", model=tiny_model)
 
@@ -195,9 +218,13 @@ def test_confusion_matrix_is_consistent(keyword):
     assert acc == pytest.approx(np.trace(m) / len(EVAL))
     assert len(conf.mistakes) == len(EVAL) - np.trace(m)
     assert all(t != p for _, t, p in conf.mistakes)
-    assert "true \\ routed" in repr(conf) and "coding" in repr(conf)
+    lines = repr(conf).splitlines()
+    assert lines[0].split() == ["верный", "\\", "выбранный", *ROUTES]
+    assert [int(v) for v in lines[2].split()[1:]] == m[0].tolist() and lines[2].startswith("json")
+    assert "<th style='text-align:left;vertical-align:top'>верный \\ выбранный</th>" in conf._repr_html_()
     ax = conf.plot(title="keyword")
     assert ax.get_title() == "keyword"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("куда направил роутер", "верный маршрут")
 
 
 def test_evaluate_router_takes_pairs_and_dicts(keyword):
@@ -237,8 +264,8 @@ def test_eval_kept_apart_from_examples():
     norm = {normalize(x["text"]) for x in EXAMPLES}
     assert not norm & {normalize(x["text"]) for x in EVAL}
     assert len({normalize(x["text"]) for x in EVAL}) == len(EVAL)
-    v = CharNgrams().fit([x["text"] for x in EXAMPLES + EVAL])
-    sim = v.transform([x["text"] for x in EVAL]) @ v.transform([x["text"] for x in EXAMPLES]).T
+    v = char_ngrams().fit([x["text"] for x in EXAMPLES + EVAL])
+    sim = (v.transform([x["text"] for x in EVAL]) @ v.transform([x["text"] for x in EXAMPLES]).T).toarray()
     assert sim.max() < 0.7          # no near-duplicates (closest pair measured ≈ 0.5)
 
 

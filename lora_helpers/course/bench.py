@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from .timing import median_time, tokens_per_second
+from ..tables import markdown
+from .timing import time_calls, tokens_per_second
 
 MIXED_PROMPTS = [
     "Extract the name and city as JSON: Olga lives in Samara.",
@@ -40,9 +39,9 @@ def bench_switch(model, names, repeat: int = 30) -> dict:
             state["i"] += 1
         return step
 
-    fast = median_time(cycle(lambda n: switch(model, n)), repeat=repeat * 10, warmup=len(names))
+    fast = time_calls(cycle(lambda n: switch(model, n)), repeat=repeat * 10, warmup=len(names)).median
     switch(model, names[0])
-    peft = median_time(cycle(model.set_adapter), repeat=repeat, warmup=len(names))
+    peft = time_calls(cycle(model.set_adapter), repeat=repeat, warmup=len(names)).median
     switch(model, names[0])
     return {"switch_s": fast, "set_adapter_s": peft, "ratio": peft / fast}
 
@@ -55,15 +54,9 @@ def bench_load(adapters: dict, repeat: int = 3) -> list[dict]:
     rows = []
     for name, folder in adapters.items():
         weights = Path(folder) / "adapter_model.safetensors"
-        times = []
-        for _ in range(repeat):
-            base, _ = load_base("smollm2-135m")
-            t = time.perf_counter()
-            load_adapters(base, {name: folder})
-            times.append(time.perf_counter() - t)
-            del base
-        read = median_time(weights.read_bytes, repeat=repeat)
-        load = statistics.median(times)
+        load = time_calls(lambda base: load_adapters(base, {name: folder}), repeat,
+                          setup=lambda: load_base("smollm2-135m")[0]).median
+        read = time_calls(weights.read_bytes, repeat, warmup=1).median
         rows.append({"name": name, "bytes": weights.stat().st_size, "load_s": load, "read_s": read,
                      "ratio": load / read})
     return rows
@@ -87,7 +80,7 @@ def bench_batches(model, tokenizer, router, prompts=MIXED_PROMPTS, max_new_token
         for p, r in zip(prompts, routes):
             generate(model, tokenizer, p, adapter=r, **kw)
 
-    t = {k: median_time(f, repeat=repeat) for k, f in
+    t = {k: time_calls(f, repeat=repeat, warmup=1).median for k, f in
          {"mixed": mixed, "grouped": grouped, "one_by_one": one_by_one}.items()}
     return {**t, "routes": routes, "grouped_over_mixed": t["grouped"] / t["mixed"],
             "one_by_one_over_mixed": t["one_by_one"] / t["mixed"]}
@@ -147,16 +140,16 @@ def bench_scale(counts=(1, 4, 16, 64), r: int = 16, repeat: int = 20) -> list[di
 
 
 def bench_router(model=None, tokenizer=None, prompts=MIXED_PROMPTS, repeat: int = 20) -> dict:
-    """Median routing latency per prompt for the keyword and the semantic router."""
+    """Median routing latency per prompt for the keyword router and the n-gram classifier."""
     from ..router import make_router
 
-    routers = {"keyword": make_router("keyword"), "semantic (n-grams)": make_router("semantic")}
+    routers = {"keyword": make_router("keyword"), "classifier (char n-grams)": make_router("classifier")}
     if model is not None:
-        routers["semantic (+ base hidden states)"] = make_router("semantic", model=model, tokenizer=tokenizer)
+        routers["classifier (+ base hidden states)"] = make_router("classifier", model=model, tokenizer=tokenizer)
     out = {}
     for label, router in routers.items():
-        per_call = median_time(lambda: [router.route(p) for p in prompts], repeat=max(2, repeat // 5))
-        out[label] = per_call / len(prompts)
+        per_call = time_calls(lambda: [router.route(p) for p in prompts], repeat=max(2, repeat // 5), warmup=1)
+        out[label] = per_call.median / len(prompts)
     return out
 
 
@@ -181,37 +174,48 @@ def _mib(b: float) -> str:
     return f"{b / 2**20:.1f} MiB"
 
 
+CLAIM_COLUMNS = {"claim": "claim", "measured": "measured", "alternative": "alternative (same run)", "ratio": "ratio"}
+SCALE_COLUMNS = {"n": "N adapters", "bytes": "base + adapters", "merged": "N merged copies", "switch": "`switch`",
+                 "set_adapter": "`set_adapter`", "ratio": "`set_adapter` ÷ `switch`"}
+
+
+def claim_rows(r: dict) -> list[dict]:
+    """One row per claim: what was measured, its alternative in the same run, and their ratio."""
+    sw, tps, b, m = r["switch"], r["tokens_per_s"], r["batches"], r["memory"]
+    rows = [dict(claim="`lh.switch` (3 adapters)", measured=_ms(sw["switch_s"]),
+                 alternative=f"PEFT `set_adapter` {_ms(sw['set_adapter_s'])}",
+                 ratio=f"{sw['ratio']:.2f}× (`set_adapter` ÷ `switch`)")]
+    rows += [dict(claim=f"`load_adapters` {x['name']} ({_mib(x['bytes'])})", measured=_ms(x["load_s"]),
+                  alternative=f"reading the same bytes {_ms(x['read_s'])}", ratio=f"{x['ratio']:.0f}×")
+             for x in r["load"]]
+    rows.append(dict(claim="greedy tokens/s, merged", measured=f"{tps['merged']:.1f}",
+                     alternative=f"base {tps['base']:.1f}, unmerged adapter {tps['unmerged adapter']:.1f}",
+                     ratio=f"{tps['merged'] / tps['unmerged adapter']:.2f}× the unmerged"))
+    rows.append(dict(claim=f"routed mixed batch, {len(b['routes'])} prompts × 32 tokens",
+                     measured=f"{b['mixed']:.2f} s",
+                     alternative=f"grouped by adapter {b['grouped']:.2f} s; one by one {b['one_by_one']:.2f} s",
+                     ratio=f"{b['grouped_over_mixed']:.2f}× vs grouped, "
+                           f"{b['one_by_one_over_mixed']:.2f}× vs one by one"))
+    rows.append(dict(claim=f"memory: base + {m['n']} adapters", measured=_mib(m["base_plus_adapters_bytes"]),
+                     alternative=f"{m['n']} merged copies {_mib(m['merged_copies_bytes'])}",
+                     ratio=f"{m['ratio']:.2f}× less"))
+    rows += [dict(claim=f"router latency, {label}", measured=f"{_ms(s)} per prompt")
+             for label, s in r["router"].items()]
+    return rows
+
+
 def to_markdown(r: dict) -> str:
-    lines = [f"Machine: {r['machine']}", "", "| claim | measured | alternative (same run) | ratio |", "|---|---|---|---|"]
-    sw = r["switch"]
-    lines.append(f"| `lh.switch` (3 adapters) | {_ms(sw['switch_s'])} | PEFT `set_adapter` {_ms(sw['set_adapter_s'])}"
-                 f" | {sw['ratio']:.0f}× faster |")
-    for row in r["load"]:
-        lines.append(f"| `load_adapters` {row['name']} ({_mib(row['bytes'])}) | {_ms(row['load_s'])} | "
-                     f"reading the same bytes {_ms(row['read_s'])} | {row['ratio']:.0f}× |")
-    tps = r["tokens_per_s"]
-    lines.append(f"| greedy tokens/s, merged | {tps['merged']:.1f} | base {tps['base']:.1f}, unmerged adapter "
-                 f"{tps['unmerged adapter']:.1f} | {tps['merged'] / tps['unmerged adapter']:.2f}× the unmerged |")
-    b = r["batches"]
-    lines.append(f"| routed mixed batch, {len(b['routes'])} prompts × 32 tokens | {b['mixed']:.2f} s | grouped by "
-                 f"adapter {b['grouped']:.2f} s; one by one {b['one_by_one']:.2f} s | {b['grouped_over_mixed']:.2f}× "
-                 f"vs grouped, {b['one_by_one_over_mixed']:.2f}× vs one by one |")
     m = r["memory"]
-    lines.append(f"| memory: base + {m['n']} adapters | {_mib(m['base_plus_adapters_bytes'])} | {m['n']} merged copies "
-                 f"{_mib(m['merged_copies_bytes'])} | {m['ratio']:.2f}× less |")
-    for label, s in r["router"].items():
-        lines.append(f"| router latency, {label} | {_ms(s)} per prompt | — | — |")
-    lines += ["", f"Memory counts the bytes the tensors hold. The process's RSS grew by only "
-              f"{_mib(m['merged_copies_rss_delta'])} while the {m['n']} copies loaded: safetensors maps the files "
-              "and pages come in as they are read, and memory freed earlier in the run is reused; a copy that "
-              "generates touches every weight."]
-    lines += ["", "Scale series (synthetic r=16 all-linear adapters; merged copies = N × the base's bytes):", "",
-              "| N adapters | base + adapters | N merged copies | `switch` | `set_adapter` | ratio |",
-              "|---|---|---|---|---|---|"]
-    for row in r["scale"]:
-        lines.append(f"| {row['n']} | {_mib(row['bytes'])} | {_mib(row['merged_copies_bytes'])} | "
-                     f"{_ms(row['switch_s'])} | {_ms(row['set_adapter_s'])} | {row['ratio']:.0f}× |")
-    return "\n".join(lines)
+    scale = [dict(n=x["n"], bytes=_mib(x["bytes"]), merged=_mib(x["merged_copies_bytes"]), switch=_ms(x["switch_s"]),
+                  set_adapter=_ms(x["set_adapter_s"]), ratio=f"{x['ratio']:.2f}×") for x in r["scale"]]
+    return "\n".join([
+        f"Machine: {r['machine']}", "", markdown(claim_rows(r), CLAIM_COLUMNS), "",
+        f"Memory counts the bytes the tensors hold. The process's RSS grew by only "
+        f"{_mib(m['merged_copies_rss_delta'])} while the {m['n']} copies loaded: safetensors maps the files "
+        "and pages come in as they are read, and memory freed earlier in the run is reused; a copy that "
+        "generates touches every weight.", "",
+        "Scale series (synthetic r=16 all-linear adapters; merged copies = N × the base's bytes):", "",
+        markdown(scale, SCALE_COLUMNS)])
 
 
 def plot(r: dict, path: Path) -> None:
@@ -261,7 +265,7 @@ def run_all(scale=(1, 4, 16, 64)) -> dict:
                                                "merged": (merged, None)}, tok, MIXED_PROMPTS[0])
         del merged
         r["memory"] = bench_memory(model, folder, n=len(names))
-    r["batches"] = bench_batches(model, tok, make_router("semantic"))
+    r["batches"] = bench_batches(model, tok, make_router("classifier"))
     r["router"] = bench_router()
     del model, base
     r["scale"] = bench_scale(scale)

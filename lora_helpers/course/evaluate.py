@@ -12,13 +12,11 @@ from __future__ import annotations
 import ast
 import json
 import re
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
+from ..tables import EMPTY, markdown
 from .demo_data import BEHAVIOURS, demo_sources, load_examples
+from .sandbox import run_python
 
 # Replies are short by design; these limits only stop a rambling base model early.
 MAX_NEW_TOKENS = {"json": 96, "coding": 160, "support": 160}
@@ -109,15 +107,17 @@ def _style_problem(tree: ast.Module) -> str | None:
 
 
 def run_snippet(code: str, timeout: float = RUN_TIMEOUT_S) -> Verdict:
-    """Run ``code`` in a fresh isolated interpreter (``python -I``) in a temp folder; ok when it exits 0."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "snippet.py"
-        path.write_text(code, encoding="utf-8")
-        try:
-            r = subprocess.run([sys.executable, "-I", str(path)], cwd=tmp, capture_output=True, text=True,
-                               timeout=timeout, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return _fail(f"timed out after {timeout:g} s")
+    """Run ``code`` in the sandbox of :mod:`lora_helpers.course.sandbox`; ok when it exits 0.
+
+    The snippet is model-written, so it runs in a fresh isolated interpreter (``python -I``) with a scrubbed
+    environment (no ``HF_TOKEN`` or other secret), in a temporary folder deleted afterwards, in its own session
+    whose whole process group is killed when the run ends, under limits on memory, CPU time, processes and
+    file size, and — where this machine allows it — without network and writes outside its folder
+    (``unshare`` namespaces, Landlock). ``sandbox.capabilities()`` says which layers hold here.
+    """
+    r = run_python(code, timeout)
+    if r.timed_out:
+        return _fail(f"timed out after {timeout:g} s")
     if r.returncode:
         last = (r.stderr.strip().splitlines() or ["?"])[-1]
         return _fail(f"exit code {r.returncode}: {last}")
@@ -212,16 +212,19 @@ def evaluate_adapters(model, tokenizer, adapters=BEHAVIOURS, include_base: bool 
     return rows
 
 
+COLUMNS = {"adapter": "adapter", "n": "held-out prompts", "adapter_pass": "adapter passes its check",
+           "base_pass": "base passes the same check", "form": "right shape, content aside (adapter / base)",
+           "differs": "reply differs from base"}
+
+
 def to_markdown(rows: list[dict]) -> str:
     """The evaluation rows as a markdown table."""
     def f(x):
-        return "—" if x is None else f"{x:.2f}"
-    lines = ["| adapter | held-out prompts | adapter passes its check | base passes the same check | "
-             "right shape, content aside (adapter / base) | reply differs from base |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| lora_{r['adapter']} | {r['n']} | {f(r['adapter_pass'])} | {f(r['base_pass'])} | "
-                     f"{f(r.get('adapter_form'))} / {f(r.get('base_form'))} | {f(r['differs'])} |")
-    return "\n".join(lines)
+        return None if x is None else f"{x:.2f}"
+    return markdown([dict(adapter=f"lora_{r['adapter']}", n=r["n"], adapter_pass=f(r["adapter_pass"]),
+                          base_pass=f(r["base_pass"]), differs=f(r["differs"]),
+                          form=f"{f(r.get('adapter_form')) or EMPTY} / {f(r.get('base_form')) or EMPTY}")
+                     for r in rows], COLUMNS)
 
 
 def main(argv=None) -> None:

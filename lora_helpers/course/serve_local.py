@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ServeError
-from .demo_data import demo_sources
 from ..serve import RoutedClient, shell_line, vllm_command
+from ..tables import markdown
+from .demo_data import demo_sources
+from .timing import time_calls
 
 # Defaults for a server started by start_server (the caller's environment wins): a small KV cache (GiB)
 # for vLLM's CPU build, and no usage statistics sent home.
@@ -130,16 +132,6 @@ def start_server(cmd, timeout: float = 300.0, env: Mapping | None = None, log_pa
 
 
 # ----------------------------------------------------------------------------- the measurement
-def _best(fn, repeat: int):
-    """(the result of the last call, the fastest of ``repeat`` timed calls of ``fn``)."""
-    times = []
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, min(times)
-
-
 def bench_serving(adapters: Mapping | None = None, per_adapter: int = 2, max_new_tokens: int = 32,
                   timeout: float = 600.0, dtype: str = "float32", max_model_len: int = 1024,
                   repeat: int = 3, threads: int | None = None) -> list[dict]:
@@ -178,12 +170,14 @@ def bench_serving(adapters: Mapping | None = None, per_adapter: int = 2, max_new
         load_s = time.perf_counter() - t0
         generate(model, tok, prompts[:1], adapter=names[:1], max_new_tokens=4)  # warm-up
         run = dict(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
-        peft, s = _best(lambda: generate(model, tok, prompts, adapter=names, **run), repeat)
-        t = torch.get_num_threads()
+        timed = time_calls(lambda: generate(model, tok, prompts, adapter=names, **run), repeat)
+        peft, t = timed.result, torch.get_num_threads()
         rows.append(dict(path=f"PEFT in-process ({t} thread{'s' * (t > 1)}), one mixed batch (`adapter_names`)",
-                         start_s=load_s, s=s, tokens=total, same=None))
-        base, s = _best(lambda: generate(model, tok, prompts, adapter="base", **run), repeat)
-        rows.append(dict(path="PEFT in-process, base only (one batch)", start_s=None, s=s, tokens=total, same=None))
+                         start_s=load_s, s=timed.best, tokens=total, same=None))
+        timed = time_calls(lambda: generate(model, tok, prompts, adapter="base", **run), repeat)
+        base = timed.result
+        rows.append(dict(path="PEFT in-process, base only (one batch)", start_s=None, s=timed.best, tokens=total,
+                         same=None))
     finally:
         torch.set_num_threads(threads_before)
     model = tok = None  # nothing of PEFT's model is kept while vLLM runs
@@ -197,26 +191,26 @@ def bench_serving(adapters: Mapping | None = None, per_adapter: int = 2, max_new
             RoutedClient(server.base_url, router=None) as client:
         extra = dict(max_tokens=max_new_tokens, extra_body={"min_tokens": max_new_tokens})
         client.chat_many(prompts[:len(sources)], adapters=names[:len(sources)], max_tokens=4)  # warm-up
-        served, s = _best(lambda: client.chat_many(prompts, adapters=names, **extra), repeat)
+        timed = time_calls(lambda: client.chat_many(prompts, adapters=names, **extra), repeat)
         rows.append(dict(path=f"vLLM (CPU build, {dtype}), `chat_many`: {len(prompts)} concurrent requests",
-                         start_s=server.start_s, s=s, tokens=total,
-                         same=sum(a == b for a, (_, b) in zip(peft, served))))
-        served_base, s = _best(lambda: client.chat_many(prompts, adapters=["base"] * len(prompts), **extra), repeat)
-        rows.append(dict(path="vLLM, base only (same requests)", start_s=None, s=s,
-                         tokens=total, same=sum(a == b for a, (_, b) in zip(base, served_base))))
+                         start_s=server.start_s, s=timed.best, tokens=total,
+                         same=sum(a == b for a, (_, b) in zip(peft, timed.result))))
+        timed = time_calls(lambda: client.chat_many(prompts, adapters=["base"] * len(prompts), **extra), repeat)
+        rows.append(dict(path="vLLM, base only (same requests)", start_s=None, s=timed.best,
+                         tokens=total, same=sum(a == b for a, (_, b) in zip(base, timed.result))))
     return rows
+
+
+BENCH_COLUMNS = {"path": "path", "start": "start (s)", "s": "workload (s)", "tokens": "new tokens",
+                 "rate": "tokens/s", "same": "replies equal to PEFT's"}
 
 
 def bench_markdown(rows: list[dict]) -> str:
     """The rows of :func:`bench_serving` as a markdown table."""
     def f(x, spec=".1f"):
-        return "—" if x is None else format(x, spec)
-    lines = ["| path | start (s) | workload (s) | new tokens | tokens/s | replies equal to PEFT's |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['path']} | {f(r['start_s'])} | {f(r['s'], '.2f')} | {r['tokens']} | "
-                     f"{f(r['tokens'] / r['s'])} | {'—' if r['same'] is None else r['same']} |")
-    return "\n".join(lines)
+        return None if x is None else format(x, spec)
+    return markdown([dict(r, start=f(r["start_s"]), s=f(r["s"], ".2f"), rate=f(r["tokens"] / r["s"]))
+                     for r in rows], BENCH_COLUMNS)
 
 
 def main(argv=None) -> None:
