@@ -112,10 +112,8 @@ def show_replies(prompt: str, replies: dict):
     """One prompt's replies side by side (adapter -> reply) as an HTML table (a notebook shows the result)."""
     from IPython.display import HTML
 
-    head = "".join(f"<th style='text-align:left'>{escape(name)}</th>" for name in replies)
-    body = "".join(f"<td style='vertical-align:top;text-align:left'><pre style='white-space:pre-wrap'>"
-                   f"{escape(text)}</pre></td>" for text in replies.values())
-    return HTML(f"<p><b>Запрос:</b> {escape(prompt)}</p><table><tr>{head}</tr><tr>{body}</tr></table>")
+    from .tables import html
+    return HTML(f"<p><b>Запрос:</b> {escape(prompt)}</p>" + html([replies], pre=True))
 
 
 def plot_sizes(sizes: dict, ax=None):
