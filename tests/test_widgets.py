@@ -167,7 +167,7 @@ def test_only_apis_ipywidgets_7_has():
 
 def test_show_replies_and_plot_sizes():
     html = lh.show_replies("Q <1>", {"json": '{"a": 1}', "base": "plain"})
-    assert "<th style='text-align:left'>json</th>" in html.data and "Q &lt;1&gt;" in html.data
+    assert "<th style='text-align:left;vertical-align:top'>json</th>" in html.data and "Q &lt;1&gt;" in html.data
     assert "Запрос" in html.data
     ax = lh.plot_sizes({"adapter": 2**20, "model": 2**29})
     assert [b.get_width() for b in ax.patches] == [1.0, 512.0]
