@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 
 import torch
 
 from .errors import AdapterError, PromptError
 from .names import BASE
+from .switching import temporary_switch
 
 PEFT_BASE = "__base__"  # PEFT's name for it in ``adapter_names``
 
@@ -65,6 +65,7 @@ def generate(model, tokenizer, prompt_or_prompts, adapter=None, max_new_tokens: 
     if isinstance(adapter, (list, tuple)):
         if len(adapter) != len(prompts):
             raise AdapterError(f"adapter= has {len(adapter)} names for {len(prompts)} prompts; give one per prompt.")
+        _refuse_peft_base(adapter)
         names = set(adapter)
         if len(names) == 1:
             adapter = adapter[0]
@@ -73,7 +74,9 @@ def generate(model, tokenizer, prompt_or_prompts, adapter=None, max_new_tokens: 
             options["adapter_names"] = [PEFT_BASE if a == BASE else a for a in adapter]
             # adapter_names needs the LoRA layers enabled: in "base" mode activate any named one meanwhile
             adapter = next(a for a in adapter if a != BASE)
-    with _using(model, adapter):
+    else:
+        _refuse_peft_base([adapter])
+    with temporary_switch(model, adapter):
         out = model.generate(**enc, **options)
     replies = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     replies = [r.strip() for r in replies]
@@ -88,29 +91,14 @@ def _require_adapters(model, names) -> None:
                            "Load them with lh.load_adapters(model, {name: source}).")
 
 
-@contextmanager
-def _using(model, adapter):
-    """Run with ``adapter`` active, then restore the previous one."""
-    if adapter is None:
-        yield
-        return
-    if not hasattr(model, "peft_config"):
-        if adapter == BASE:
-            yield
-            return
-        raise AdapterError(f"adapter={adapter!r} was given but the model has no adapters loaded. "
-                           "Load them with lh.load_adapters(model, {name: source}).")
-    from .adapters import active_adapter, switch
+def _refuse_peft_base(names) -> None:
+    if PEFT_BASE in names:
+        raise AdapterError(f"adapter= names {PEFT_BASE!r}, which PEFT reserves for 'no adapter' in a mixed batch, "
+                           f"so it would silently run the base model. Use {BASE!r} for the base, or rename the "
+                           "adapter (letters, digits, '_' and '-').")
 
-    _require_adapters(model, {adapter})
-    before = active_adapter(model)
-    switch(model, adapter)
-    try:
-        yield
-    finally:
-        with warnings.catch_warnings():  # going back is not a new choice: no "untrained adapter" warning again
-            warnings.simplefilter("ignore")
-            switch(model, before)
+
+_using = temporary_switch  # the old private name, until merge.py imports switching.temporary_switch
 
 
 def route_and_generate(model, tokenizer, prompts, router, max_new_tokens: int = 128, fallback: str = BASE, **kw):

@@ -14,8 +14,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .base import is_quantized
 from .errors import AdapterError, AdapterExistsError, PromptError
 from .generate import chat_text
+from .names import check_name
+from .switching import switch
 
 IGNORE = -100
 
@@ -119,10 +122,6 @@ def _batches(rows, batch_size: int, steps: int, seed: int):
         yield [rows[i] for i in order[s * batch_size:(s + 1) * batch_size]]
 
 
-def _is_quantized(model) -> bool:
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
-
-
 def _attach(model, name: str, config):
     """Add a new adapter ``name``: to an existing PeftModel, or wrap a plain (maybe 4-bit) base."""
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -133,10 +132,10 @@ def _attach(model, name: str, config):
                                      f"(adapters: {sorted(model.peft_config)}). Pick a new name, or delete it "
                                      f"first with model.delete_adapter({name!r}).")
         model.add_adapter(name, config)
-        model.set_adapter(name)  # PEFT's path: active and trainable
         model.base_model.enable_adapter_layers()  # undo an earlier switch to "base" / disable_adapter
+        model.set_adapter(name)  # PEFT's own call for training: the only active adapter, and trainable
         return model
-    if _is_quantized(model):  # QLoRA: fp32 norms, input grads, gradient checkpointing
+    if is_quantized(model):  # QLoRA: fp32 norms, input grads, gradient checkpointing
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     return get_peft_model(model, config, adapter_name=name)
@@ -156,6 +155,7 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
     from peft import LoraConfig
     from tqdm.auto import tqdm
 
+    check_name(name)
     if isinstance(examples, str):
         from .course.demo_data import load_examples
         examples = load_examples(examples)
@@ -197,8 +197,7 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
         bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     model.eval()
-    from .adapters import switch
-    switch(model, name)  # keep lh.active_adapter / lh.switch's state in step with PEFT's
+    switch(model, name)  # ready for inference: this adapter runs, every adapter weight frozen again
     tail = losses[-min(5, len(losses)):]
     print(f"[{name}] end loss {sum(tail) / len(tail):.3f} (mean of the last {len(tail)} steps), "
           f"{len(losses)} steps in {time.perf_counter() - start:.0f} s")

@@ -3,12 +3,28 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import tiny  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread(request):
+    """Tiny matmuls on a busy 2-core machine are ~50x faster without OpenMP threads fighting.
+
+    Real-model tests (marker ``real``) keep torch's own thread count: their larger matmuls gain from it.
+    """
+    if request.node.get_closest_marker("real"):
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

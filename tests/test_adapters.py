@@ -1,5 +1,5 @@
 """load_adapters / switch / active_adapter / list_adapters on the tiny random Mistral."""
-import hashlib
+import copy
 import json
 import shutil
 import warnings
@@ -7,21 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import IA3Config, LoHaConfig, LoraConfig, PeftModel, get_peft_model
 
 import lora_helpers as lh
 import tiny
 from lora_helpers import adapters as A
 from lora_helpers.errors import (
     AdapterError, AdapterExistsError, AdapterFileError, AdapterNotFoundError, BaseMismatchError)
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on a busy 2-core machine are ~50x faster without OpenMP threads fighting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 X = torch.tensor([[5, 17, 42, 8, 99, 3], [7, 7, 120, 64, 1, 2]])
@@ -60,15 +52,17 @@ def logits(model):
 
 def fingerprint(model):
     return (list(model.state_dict().keys()), A.active_adapter(model), logits(model),
-            {n: p.requires_grad for n, p in model.named_parameters()})
+            {n: p.requires_grad for n, p in model.named_parameters()},
+            {k: t.clone() for k, t in model.state_dict().items()})
 
 
 def assert_same(model, before):
-    keys, active, out, grads = fingerprint(model)
+    keys, active, out, grads, tensors = fingerprint(model)
     assert keys == before[0]
     assert active == before[1]
     assert torch.equal(out, before[2])
     assert grads == before[3]
+    assert all(torch.equal(t, before[4][k]) for k, t in tensors.items()), "a tensor changed"
 
 
 def peft_reference(tok, ads, names):
@@ -152,8 +146,7 @@ def test_switch_base_runs_plain_model(loaded, tiny_tokenizer):
     lh.switch(loaded, "base")
     assert lh.active_adapter(loaded) == "base"
     assert torch.equal(logits(loaded), plain)
-    assert loaded.get_model_status().enabled is False
-    assert not loaded.has_active_enabled_adapter
+    assert loaded.get_model_status().enabled is False  # PEFT's disable_adapter_layers(), as PEFT reports it
     lh.switch(loaded, "json")
     assert lh.active_adapter(loaded) == "json"
     assert loaded.get_model_status().enabled is True
@@ -205,8 +198,8 @@ def test_peft_calls_still_work_after_switch(loaded, ads, tiny_tokenizer):
     assert torch.allclose(logits(loaded), logits(ref), atol=1e-5)
 
 
-def test_switch_cache_follows_added_and_deleted_adapters(loaded, ads, tiny_tokenizer):
-    lh.switch(loaded, "coding")  # builds the cache
+def test_switch_follows_adapters_added_and_deleted_through_peft(loaded, ads, tiny_tokenizer):
+    lh.switch(loaded, "coding")
     loaded.load_adapter(str(ads["support"]), adapter_name="support")  # plain PEFT, new wrapped modules
     lh.switch(loaded, "support")
     ref = peft_reference(tiny_tokenizer, ads, ["json", "coding", "support"])
@@ -216,7 +209,7 @@ def test_switch_cache_follows_added_and_deleted_adapters(loaded, ads, tiny_token
     loaded.delete_adapter("support")
     with pytest.raises(AdapterNotFoundError):
         lh.switch(loaded, "support")
-    # same name, last position, different modules: the cache must still be rebuilt
+    # same name, last position, different modules
     loaded.delete_adapter("coding")
     loaded.load_adapter(str(ads["support"]), adapter_name="coding")
     lh.switch(loaded, "coding")
@@ -434,35 +427,156 @@ def list_row(model, name):
     return next(r for r in lh.list_adapters(model) if r["name"] == name)
 
 
-def test_list_adapters(loaded, ads):
-    loaded.add_adapter("fresh", LoraConfig(r=2, target_modules=["q_proj"]))  # lora_B = 0, no file
+def file_payload(folder):
+    """Bytes of the tensors in an adapter's safetensors file (the file less its JSON header)."""
+    data = (Path(folder) / "adapter_model.safetensors").read_bytes()
+    return len(data) - 8 - int.from_bytes(data[:8], "little")
+
+
+def test_list_adapters(loaded, ads, tiny_tokenizer):
+    loaded.add_adapter("fresh", LoraConfig(r=2, target_modules=["q_proj"]))  # lora_B = 0, no file, no base recorded
     lh.switch(loaded, "coding")
     table = lh.list_adapters(loaded)
     assert [r["name"] for r in table] == ["json", "coding", "fresh"]
     b = table[1]
-    w = ads["coding"] / "adapter_model.safetensors"
     assert b["active"] and not table[0]["active"]
-    assert (b["base"], b["rank"], b["alpha"]) == ("tests/tiny-mistral", 4, 8)
+    assert (b["type"], b["base"], b["rank"], b["alpha"]) == ("LORA", "tests/tiny-mistral", 4, 8)
     assert b["target_modules"] == "gate_proj,o_proj,q_proj"
-    assert b["size_bytes"] == w.stat().st_size
-    assert b["sha256"] == hashlib.sha256(w.read_bytes()).hexdigest()[:12]
-    assert table[0]["note"] == "" and table[2]["note"] == "lora_B = 0: no effect"
-    fresh = [p for n, p in loaded.named_parameters() if ".fresh." in n]  # no file: its size in memory
-    assert table[2]["size_bytes"] == sum(p.numel() * 4 for p in fresh) > 0 and table[2]["sha256"] is None
-    assert b["size_bytes"] > A._memory_bytes(loaded, "coding") > 0  # the file adds a header
+    assert b["size_bytes"] == file_payload(ads["coding"])  # what the file holds, as the model holds it
+    same = list_row(peft_reference(tiny_tokenizer, ads, ["coding"]), "coding")
+    assert b["sha256"] == same["sha256"] != table[0]["sha256"] and len(b["sha256"]) == 64
+    assert table[0]["note"] == "" and table[2]["note"].startswith("lora_B = 0")
+    fresh = [p for n, p in loaded.named_parameters() if ".fresh." in n]
+    assert table[2]["size_bytes"] == sum(p.numel() * 4 for p in fresh) > 0 and table[2]["base"] is None
     text = repr(table)
-    assert text.splitlines()[0].split()[:3] == ["name", "active", "base"]
-    assert "gate_proj,o_proj,q_proj" in text and b["sha256"] in text and "running: coding" in text
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["имя", "активен", "тип", "база"] and "размер весов" in lines[0]
+    assert "gate_proj,o_proj,q_proj" in text and b["sha256"][:12] in text and lines[-1] == "работает: coding"
+    assert "да" in lines[3] and "неизвестно" in lines[4]  # coding runs; fresh has no recorded base
+    assert f"{b['size_bytes'] / 2**20:.2f} MiB" in lines[3]
+    assert " MB" not in text and " KB" not in text  # one unit everywhere: MiB
     html = table._repr_html_()
-    assert html.startswith("<table>") and "<td>fresh</td>" in html
+    assert html.startswith("<table>") and ">fresh</td>" in html and ">имя</th>" in html
     lh.switch(loaded, "base")
     assert not any(r["active"] for r in lh.list_adapters(loaded))
-    assert "running: base" in repr(lh.list_adapters(loaded))
+    assert "работает: base" in repr(lh.list_adapters(loaded))
+
+
+def test_list_adapters_follows_a_replacement_through_peft(loaded, ads, tiny_tokenizer):
+    """No stale table: PEFT's own delete_adapter + load_adapter shows at once."""
+    before = list_row(loaded, "json")
+    loaded.delete_adapter("json")
+    loaded.load_adapter(str(ads["support"]), adapter_name="json")
+    row = list_row(loaded, "json")
+    assert row["size_bytes"] == file_payload(ads["support"]) != before["size_bytes"]
+    assert row["sha256"] == list_row(peft_reference(tiny_tokenizer, ads, ["support"]), "support")["sha256"]
+    assert row["sha256"] != before["sha256"]
+    assert (row["rank"], row["target_modules"]) == (2, "down_proj,k_proj")
+
+
+@pytest.mark.parametrize("config, kind, rank, alpha", [
+    (IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]), "IA3", None, None),
+    (LoHaConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]), "LOHA", 2, 4),
+])
+def test_other_peft_types(tiny_model, ads, config, kind, rank, alpha):
+    """IA3 and LoHa models: listed and switched; LoRA files are refused with a clear error, nothing changed."""
+    model = get_peft_model(tiny_model, config, adapter_name="first")
+    model.add_adapter("second", copy.deepcopy(config))
+    lh.switch(model, "second")
+    table = lh.list_adapters(model)
+    assert ([(r["name"], r["type"], r["rank"], r["alpha"], r["active"]) for r in table]
+            == [("first", kind, rank, alpha, False), ("second", kind, rank, alpha, True)])
+    params = [p for n, p in model.named_parameters() if n.endswith(".second") or ".second." in n]
+    assert table[1]["size_bytes"] == sum(p.numel() * 4 for p in params) > 0
+    assert repr(table).splitlines()[-1] == "работает: second"
+    assert ("—" in repr(table)) == (rank is None)  # no rank for IA3: "does not apply"
+    before = fingerprint(model)
+    with pytest.raises(AdapterError, match=f"holds {kind} adapters.*fresh base"):
+        lh.load_adapters(model, {"json": ads["json"]})
+    assert_same(model, before)
+
+
+# ---------------------------------------------------------------- adapter files carry adapter weights only
+
+LM_HEAD = "base_model.model.lm_head.weight"
+
+
+def with_extra_tensor(tmp_path, ads, key, shape):
+    """The json adapter plus one more tensor (zeros) named ``key``."""
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "extra"
+    shutil.copytree(ads["json"], d)
+    w = d / "adapter_model.safetensors"
+    tensors = load_file(w)
+    tensors[key] = torch.zeros(shape)
+    save_file(tensors, w)
+    return d
+
+
+@pytest.mark.parametrize("start", ["plain", "peft"])
+def test_adapter_file_cannot_overwrite_the_base(tmp_path, tiny_model, ads, start):
+    shape = tuple(tiny_model.lm_head.weight.shape)
+    model = tiny_model if start == "plain" else lh.load_adapters(tiny_model, {"coding": ads["coding"]})
+    evil = with_extra_tensor(tmp_path, ads, LM_HEAD, shape)
+    before = fingerprint(model)
+    with pytest.raises(AdapterFileError, match=r"'base_model\.model\.lm_head\.weight'.*allow_base_weights=True"):
+        lh.load_adapters(model, {"support": ads["support"], "evil": evil})
+    assert_same(model, before)
+
+
+def test_base_weights_load_only_on_request(tmp_path, tiny_model, ads, monkeypatch):
+    import peft
+
+    evil = with_extra_tensor(tmp_path, ads, LM_HEAD, tuple(tiny_model.lm_head.weight.shape))
+    before = fingerprint(tiny_model)
+    real = peft.peft_model.set_peft_model_state_dict
+
+    def fails_for_support(model, state, adapter_name="default", **kw):
+        if adapter_name == "support":
+            raise RuntimeError("disk went away")
+        return real(model, state, adapter_name=adapter_name, **kw)
+    monkeypatch.setattr("peft.peft_model.set_peft_model_state_dict", fails_for_support)
+    with pytest.raises(AdapterFileError, match="disk went away"):  # opted in, then a later adapter fails
+        lh.load_adapters(tiny_model, {"evil": evil, "support": ads["support"]}, allow_base_weights=True)
+    assert_same(tiny_model, before)  # the overwritten lm_head is back, bit for bit
+    monkeypatch.undo()
+    model = lh.load_adapters(tiny_model, {"evil": evil}, allow_base_weights=True)
+    assert not model.get_base_model().lm_head.weight.any()  # what the caller asked for
+
+
+@pytest.mark.parametrize("features", [
+    dict(target_modules=["q_proj"], modules_to_save=["lm_head"]),
+    dict(target_modules=["v_proj"], trainable_token_indices={"embed_tokens": [1, 2, 3]}),
+    dict(target_modules=["q_proj", "o_proj"], use_dora=True),
+    dict(target_modules=["k_proj"], use_rslora=True),
+], ids=["modules_to_save", "trainable_tokens", "dora", "rslora"])
+def test_adapter_features_load_like_peft(tmp_path, tiny_model, tiny_tokenizer, features):
+    """modules_to_save copies and trainable-token rows are adapter weights: they load, the base stays as it was."""
+    folder = tiny.save_lora(tmp_path / "a", tiny_tokenizer, seed=7, **features)
+    plain = logits(tiny_model)
+    model = lh.load_adapters(tiny_model, {"json": folder})
+    ref = PeftModel.from_pretrained(tiny.make_model(tiny_tokenizer), str(folder), adapter_name="json")
+    assert torch.equal(logits(model), logits(ref)) and not torch.equal(logits(model), plain)
+    lh.switch(model, "base")
+    assert torch.equal(logits(model), plain)
+
+
+def test_replacing_the_only_adapter_that_peft_cannot_reload(tmp_path, tiny_model, tiny_tokenizer, ads):
+    """PEFT 0.21 cannot load into a model whose only adapter (with trainable tokens) was deleted: refused, intact."""
+    folder = tiny.save_lora(tmp_path / "t", tiny_tokenizer, seed=7, target_modules=["v_proj"],
+                            trainable_token_indices={"embed_tokens": [1, 2, 3]})
+    model = lh.load_adapters(tiny_model, {"json": folder})
+    before = fingerprint(model)
+    with pytest.raises(AdapterFileError, match="failed inside PEFT.*left as it was"):
+        lh.load_adapters(model, {"json": ads["support"]}, replace=True)
+    assert_same(model, before)
+    assert list(model.peft_config) == ["json"]
 
 
 def test_list_adapters_plain_model(tiny_model):
     table = lh.list_adapters(tiny_model)
-    assert list(table) == [] and "No adapters loaded" in repr(table)
+    assert list(table) == [] and "Адаптеры не загружены" in repr(table)
 
 
 def test_demo_adapters_paths():
@@ -491,3 +605,42 @@ def test_switch_warns_for_an_untrained_adapter_made_with_add_adapter(tiny_model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lh.switch(model, "blank")
+
+
+# ---------------------------------------------------------------- the shipped adapters on the embedded base
+
+@pytest.mark.real
+def test_shipped_adapters_switch_like_peft(embedded_fresh):
+    """lh.load_adapters + lh.switch on SmolLM2 with the three demo adapters: PEFT's logits, PEFT's layer state."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model, tok = embedded_fresh
+    model = lh.load_adapters(model, lh.DEMO_ADAPTERS)  # carries adapter weights only: not refused
+    ref = PeftModel.from_pretrained(lh.load_base("smollm2-135m")[0], str(lh.DEMO_ADAPTERS["json"]), adapter_name="json")
+    for name in ("coding", "support"):
+        ref.load_adapter(str(lh.DEMO_ADAPTERS[name]), adapter_name=name)
+    ids = tok("Верни JSON: имя Анна, город Осло", return_tensors="pt")["input_ids"]
+
+    def out(m):
+        with torch.no_grad():
+            return m(ids).logits
+
+    def layer_flags(m):
+        return {(tuple(x.active_adapters), x.disable_adapters) for x in m.modules() if isinstance(x, BaseTunerLayer)}
+
+    seen = []
+    for name in ("coding", "support", "base", "json"):
+        lh.switch(model, name)
+        if name == "base":
+            ref.base_model.disable_adapter_layers()
+        else:
+            ref.base_model.enable_adapter_layers()
+            ref.set_adapter(name, inference_mode=True)
+        assert torch.equal(out(model), out(ref)), name
+        assert lh.active_adapter(model) == name and not any(p.requires_grad for p in model.parameters())
+        assert layer_flags(model) == layer_flags(ref)
+        seen.append(out(model))
+    assert not any(torch.equal(a, b) for i, a in enumerate(seen) for b in seen[i + 1:])  # four different models
+    table = lh.list_adapters(model)
+    assert [(r["name"], r["size_bytes"]) for r in table] == [(n, file_payload(f)) for n, f in lh.DEMO_ADAPTERS.items()]
+    assert table.running == "json" and all(r["base"] == "HuggingFaceTB/SmolLM2-135M-Instruct" for r in table)

@@ -1,6 +1,7 @@
 import pytest
 
 import lora_helpers as lh
+from lora_helpers.generate import chat_text
 
 
 def test_single_prompt_gives_a_string_batch_gives_a_list(tiny_model, tiny_tokenizer):
@@ -17,10 +18,16 @@ def test_left_padded_batch_equals_one_at_a_time(tiny_model, tiny_tokenizer):
 
 
 def test_greedy_is_deterministic_and_returns_only_new_text(tiny_model, tiny_tokenizer):
-    prompt = "Write a Python function that reverses a string"
-    a = lh.generate(tiny_model, tiny_tokenizer, prompt, max_new_tokens=10)
-    b = lh.generate(tiny_model, tiny_tokenizer, prompt, max_new_tokens=10)
-    assert a == b and prompt not in a
+    """The reply is exactly the greedy continuation of the chat-templated prompt, without the prompt's tokens."""
+    tok, prompt = tiny_tokenizer, "Write a Python function that reverses a string"
+    a = lh.generate(tiny_model, tok, prompt, max_new_tokens=10)
+    assert a == lh.generate(tiny_model, tok, prompt, max_new_tokens=10)
+    ids = tok(chat_text(tok, prompt), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    out = tiny_model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id)
+    new = out[0, ids.shape[1]:]
+    assert len(new) == 10 and a == tok.decode(new, skip_special_tokens=True).strip() != ""
+    full = tok.decode(out[0], skip_special_tokens=True)
+    assert full.endswith(a) and full.startswith(tok.decode(ids[0], skip_special_tokens=True))  # prompt cut off
 
 
 @pytest.mark.parametrize("bad", ["", "   \n", 42, None, [], ["ok", ""]])

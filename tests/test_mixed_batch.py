@@ -19,23 +19,47 @@ PROMPTS = ["Верни JSON со схемой", "Write a Python function", "My o
 ADAPTERS = ["json", "coding", "support", "base", "coding"]
 
 
+@pytest.fixture
+def generate_calls(three, monkeypatch):
+    """Each ``model.generate`` call on ``three``: (batch size, adapter_names)."""
+    calls, real = [], three.generate
+
+    def spy(*args, **kw):
+        calls.append((len(kw["input_ids"]), kw.get("adapter_names")))
+        return real(*args, **kw)
+    monkeypatch.setattr(three, "generate", spy)
+    return calls
+
+
 @pytest.mark.parametrize("start", ["json", "base"])
-def test_mixed_batch_equals_each_prompt_alone(three, tiny_tokenizer, start):
+def test_mixed_batch_equals_each_prompt_alone(three, tiny_tokenizer, start, generate_calls):
     lh.switch(three, start)
     mixed = lh.generate(three, tiny_tokenizer, PROMPTS, adapter=ADAPTERS, max_new_tokens=8)
+    assert generate_calls == [(5, ["json", "coding", "support", "__base__", "coding"])]  # one batch, PEFT's names
     alone = [lh.generate(three, tiny_tokenizer, p, adapter=a, max_new_tokens=8) for p, a in zip(PROMPTS, ADAPTERS)]
+    assert generate_calls[1:] == [(1, None)] * 5
     assert mixed == alone
     assert len(set(lh.generate(three, tiny_tokenizer, ["hello"] * 4, adapter=["json", "coding", "support", "base"],
                                max_new_tokens=8))) > 1, "adapters must change the reply"
     assert lh.active_adapter(three) == start
 
 
-def test_mixed_batch_bad_input(three, tiny_tokenizer):
+def test_mixed_batch_bad_input(three, tiny_tokenizer, generate_calls):
     with pytest.raises(lh.AdapterError, match="one per prompt"):
         lh.generate(three, tiny_tokenizer, PROMPTS, adapter=["json"], max_new_tokens=2)
     with pytest.raises(lh.AdapterError, match="not loaded"):
         lh.generate(three, tiny_tokenizer, ["a", "b"], adapter=["json", "legal"], max_new_tokens=2)
-    assert lh.active_adapter(three) == "json"
+    assert lh.active_adapter(three) == "json" and generate_calls == []
+
+
+def test_peft_base_name_is_refused(three, tiny_tokenizer, generate_calls):
+    """An adapter named "__base__" (PEFT allows it) would run as the base in a mixed batch: refused instead."""
+    three.add_adapter("__base__", LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    for adapter in (["__base__", "json"], ["__base__", "__base__"], "__base__"):
+        with pytest.raises(lh.AdapterError, match="'__base__'.*Use 'base'"):
+            lh.generate(three, tiny_tokenizer, ["a", "b"] if isinstance(adapter, list) else "a", adapter=adapter,
+                        max_new_tokens=2)
+    assert generate_calls == [] and lh.active_adapter(three) == "json"
 
 
 class Router:
@@ -43,10 +67,11 @@ class Router:
         return {"J": "json", "C": "coding", "X": "translate"}.get(text[0], "support")
 
 
-def test_route_and_generate_uses_one_batch_and_falls_back(three, tiny_tokenizer):
+def test_route_and_generate_uses_one_batch_and_falls_back(three, tiny_tokenizer, generate_calls):
     prompts = ["J give json", "C write code", "X translate this", "hi there"]
     with pytest.warns(UserWarning, match="'translate', which is not loaded"):
         pairs = lh.route_and_generate(three, tiny_tokenizer, prompts, Router(), max_new_tokens=6)
+    assert generate_calls == [(4, ["json", "coding", "__base__", "support"])]
     assert [a for a, _ in pairs] == ["json", "coding", "base", "support"]
     assert [r for _, r in pairs] == lh.generate(three, tiny_tokenizer, prompts,
                                                 adapter=["json", "coding", "base", "support"], max_new_tokens=6)

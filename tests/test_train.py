@@ -70,6 +70,27 @@ def test_training_lowers_the_loss(tiny_model, tiny_tokenizer):
     assert not model.training and model.active_adapter == "t"
 
 
+@pytest.mark.parametrize("bad", ["my.adapter", "base", "__base__", "a/b", ""])
+def test_adapter_names_are_checked_first(tiny_model, tiny_tokenizer, bad):
+    from lora_helpers.errors import AdapterError
+
+    with pytest.raises(AdapterError, match="cannot name an adapter"):
+        train_adapter(tiny_model, tiny_tokenizer, EXAMPLES, bad, steps=1, progress=False)
+    assert not hasattr(tiny_model, "peft_config")
+
+
+def test_trained_adapter_is_ready_for_inference(tiny_model, tiny_tokenizer):
+    """Returned as lh.switch leaves a model: the new adapter runs, nothing is trainable, PEFT agrees on every layer."""
+    import lora_helpers as lh
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = train_adapter(tiny_model, tiny_tokenizer, EXAMPLES, "first", steps=2, progress=False)
+    model = train_adapter(model, tiny_tokenizer, EXAMPLES, "second", steps=2, progress=False)
+    assert lh.active_adapter(model) == "second" == model.active_adapter
+    assert not [n for n, p in model.named_parameters() if p.requires_grad]
+    assert {tuple(m.active_adapters) for m in model.modules() if isinstance(m, BaseTunerLayer)} == {("second",)}
+
+
 def test_new_adapter_beside_existing_ones(tiny_model, tiny_tokenizer):
     model = train_adapter(tiny_model, tiny_tokenizer, EXAMPLES, "first", steps=3, progress=False)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if ".first." in n}

@@ -48,3 +48,30 @@ def make_model(tok: PreTrainedTokenizerFast, seed: int = 0, **overrides) -> Mist
     model = MistralForCausalLM(MistralConfig(**cfg)).eval()
     model.name_or_path = model.config._name_or_path = "tests/tiny-mistral"
     return model
+
+
+def save_lora(folder, tok, seed: int, **lora_kw):
+    """Save a PEFT LoRA adapter for the tiny model to ``folder`` and return it.
+
+    ``lora_kw`` goes to ``LoraConfig`` (e.g. ``modules_to_save``, ``trainable_token_indices``, ``use_dora``).
+    Every weight the adapter carries differs from the base (lora_B non-zero, modules_to_save copies and
+    trainable-token rows perturbed), so an adapter that does not run shows in the logits.
+    """
+    from pathlib import Path
+
+    from peft import LoraConfig, get_peft_model
+
+    lora_kw.setdefault("r", 4)
+    lora_kw.setdefault("lora_alpha", 2 * lora_kw["r"])
+    lora_kw.setdefault("lora_dropout", 0.0)
+    lora_kw.setdefault("init_lora_weights", False)
+    base = make_model(tok)
+    torch.manual_seed(seed)
+    model = get_peft_model(base, LoraConfig(**lora_kw))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".modules_to_save." in name or "trainable_tokens_delta" in name:
+                p.add_(0.5 * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(str(folder), save_embedding_layers=False)
+    return Path(folder)

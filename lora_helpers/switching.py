@@ -1,0 +1,206 @@
+"""Which adapter runs: ``switch`` for good, ``temporary_switch`` for a ``with`` block, ``active_adapter`` to ask.
+
+The PeftModel is the only record: everything here reads PEFT's public state and changes it through PEFT's
+public methods (``set_adapter``, ``enable_adapter_layers``/``disable_adapter_layers``, the layers' own
+``set_adapter``/``enable_adapters``); nothing is cached between calls. ``"base"`` means "no adapter": the
+adapter layers are switched off, as ``disable_adapter_layers`` does, and the active adapter is kept.
+
+``switch`` is for inference. ``switch(model, name)`` leaves the model exactly as PEFT's
+``enable_adapter_layers()`` followed by ``set_adapter(name, inference_mode=True)`` would: ``name`` runs and
+no adapter weight is trainable (PEFT's plain ``set_adapter(name)`` would also make it trainable; to train,
+call that). ``switch(model, "base")`` is ``disable_adapter_layers()``, which freezes them too.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from contextlib import contextmanager
+
+import peft
+from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
+
+from .errors import AdapterError, AdapterNotFoundError
+from .names import BASE
+
+_ADAPTER_MODULES = (BaseTunerLayer, AuxiliaryTrainingWrapper)  # what PEFT's own enable/disable walk reaches
+
+
+def peft_tested(version: str) -> bool:
+    """True for the PEFT releases this module's layer-level shortcuts were tested against (0.20 and 0.21)."""
+    m = re.fullmatch(r"(\d+)\.(\d+)\.\d+(\.post\d+)?", version)
+    return bool(m) and (0, 20) <= (int(m.group(1)), int(m.group(2))) <= (0, 21)
+
+
+# Two shortcuts rely on how PEFT 0.20-0.21 implement their public methods (not on what they document): skipping
+# enable_adapter_layers() when no layer is off, and putting back each layer's own state after a temporary
+# switch. Outside that range only the model-level calls are used (slower; a partly-disabled model comes
+# back wholly enabled or wholly disabled).
+TESTED_PEFT = peft_tested(peft.__version__)
+
+
+def _adapter_modules(model) -> list:
+    return [m for m in model.modules() if isinstance(m, _ADAPTER_MODULES)]
+
+
+def adapters_disabled(model) -> bool:
+    """True when any adapter layer is switched off ("base", ``disable_adapter_layers``, ``disable_adapter()``)."""
+    return any(m.disable_adapters for m in model.modules() if isinstance(m, _ADAPTER_MODULES))
+
+
+def _not_loaded(model, name) -> AdapterNotFoundError:
+    return AdapterNotFoundError(f"No adapter named {name!r} is loaded; loaded: {', '.join(model.peft_config)} "
+                                "(or 'base' for none). Check the spelling or load it with lh.load_adapters.")
+
+
+def _no_adapters(name) -> AdapterNotFoundError:
+    return AdapterNotFoundError(f"Cannot switch to {name!r}: the model has no adapters loaded. "
+                                "Load them first: model = lh.load_adapters(model, {name: source}).")
+
+
+def _targets(model, name) -> list[str]:
+    """The adapter names ``name`` asks for ([] for "base"); a list may hold one name or several."""
+    names = [name] if isinstance(name, str) else list(name) if isinstance(name, (list, tuple)) else [None]
+    names = list(dict.fromkeys(names)) if all(isinstance(n, str) for n in names) else names  # drop repeats
+    if names == [BASE]:
+        return []
+    if not names or any(not isinstance(n, str) or n not in model.peft_config for n in names):
+        raise _not_loaded(model, name)
+    return names
+
+
+def _enable(model) -> None:
+    if not TESTED_PEFT or adapters_disabled(model):
+        model.base_model.enable_adapter_layers()
+
+
+def switch(model, name) -> None:
+    """Run adapter ``name`` from now on; ``"base"`` runs the base without adapters.
+
+    ``name`` may also be a list (one name, or several to run together, as ``base_model.set_adapter`` allows).
+    The result equals PEFT's ``enable_adapter_layers()`` + ``set_adapter(name, inference_mode=True)``: every
+    adapter weight is frozen afterwards (use PEFT's ``set_adapter`` to train). Unknown names, and sets of
+    adapters PEFT cannot run together, raise an AdapterError and change nothing.
+    """
+    if not isinstance(model, PeftModel):
+        if name == BASE or name == [BASE]:
+            return
+        raise _no_adapters(name)
+    names = _targets(model, name)
+    if not names:
+        model.base_model.disable_adapter_layers()
+        return
+    if len(names) == 1:
+        _enable(model)
+        model.set_adapter(names[0], inference_mode=True)
+        if loaded_zero(model, names[0]):
+            warn_zero(names[0], stacklevel=3)
+        return
+    saved = SwitchState(model)
+    try:
+        _enable(model)
+        model.base_model.set_adapter(names, inference_mode=True)
+    except Exception as e:
+        saved.restore(model)
+        raise AdapterError(f"Adapters {names} cannot run together: PEFT refused ({type(e).__name__}: {e}). "
+                           "Each may replace a whole module (modules_to_save, trainable tokens) only alone: "
+                           "pick one of them, or a set without such overlaps.") from e
+
+
+def active_adapter(model):
+    """The adapter that runs now: a name, a list when several run together, or "base" when none does.
+
+    "base" also when the adapter layers are switched off, even partly (``switch(model, "base")``, PEFT's
+    ``disable_adapter()`` or ``disable_adapter_layers()``).
+    """
+    if not isinstance(model, PeftModel) or adapters_disabled(model):
+        return BASE
+    active = [a for a in model.active_adapters if a in model.peft_config]
+    return BASE if not active else active[0] if len(active) == 1 else active
+
+
+class SwitchState:
+    """What decides which adapter runs and what trains, read through PEFT's public properties.
+
+    ``SwitchState(model)`` records it; ``.restore(model)`` puts it back with PEFT's public methods.
+    """
+
+    def __init__(self, model):
+        self.top = model.active_adapter  # PeftModel's own name (its set_adapter sets it)
+        self.tuner = _copy(model.base_model.active_adapter)  # the tuner's (a list after set_adapter([...]))
+        self.off = adapters_disabled(model)
+        self.modules = [(m, _copy(m.active_adapter), m.disable_adapters) for m in _adapter_modules(model)]
+        self.grads = [(p, p.requires_grad) for p in model.parameters()]
+
+    def restore(self, model) -> None:
+        loaded, again = model.peft_config, not TESTED_PEFT  # untested PEFT: no layer-level repair below
+        if isinstance(self.top, str) and self.top in loaded and (again or model.active_adapter != self.top):
+            model.set_adapter(self.top, inference_mode=True)
+        tuner = [self.tuner] if isinstance(self.tuner, str) else self.tuner
+        if tuner and all(n in loaded for n in tuner) and (again or model.base_model.active_adapter != self.tuner):
+            model.base_model.set_adapter(_copy(self.tuner), inference_mode=True)
+        if TESTED_PEFT:
+            for m, active, off in self.modules:  # each layer as it was, even a partly disabled model
+                names = [active] if isinstance(active, str) else active
+                if m.active_adapter != active and all(n in loaded for n in names):
+                    m.set_adapter(_copy(active), inference_mode=True)
+                if m.disable_adapters != off:
+                    m.enable_adapters(not off)
+        elif self.off:
+            model.base_model.disable_adapter_layers()
+        elif adapters_disabled(model):
+            model.base_model.enable_adapter_layers()
+        for p, grad in self.grads:
+            if p.requires_grad != grad:
+                p.requires_grad_(grad)
+
+
+def _copy(active):
+    return active if isinstance(active, str) else list(active)
+
+
+@contextmanager
+def temporary_switch(model, name):
+    """``with temporary_switch(model, name):`` runs ``name`` (as ``switch`` does) inside the block only.
+
+    On leaving (also on an error) the model is put back exactly as it was: the active adapter(s), switched-off
+    layers (``"base"``, ``disable_adapter()``) and which weights are trainable. ``name=None`` changes nothing.
+    A merged adapter is unmerged by PEFT on the way in (with its warning) and stays unmerged.
+    """
+    if name is None:
+        yield
+        return
+    if not isinstance(model, PeftModel):
+        if name == BASE or name == [BASE]:
+            yield
+            return
+        raise _no_adapters(name)
+    _targets(model, name)  # refuse bad names before anything changes
+    saved = SwitchState(model)
+    try:
+        switch(model, name)
+        yield
+    finally:
+        with warnings.catch_warnings():  # going back is not a new choice: no "untrained adapter" warning again
+            warnings.simplefilter("ignore")
+            saved.restore(model)
+
+
+def warn_zero(name: str, stacklevel: int) -> None:
+    warnings.warn(f"Adapter {name!r} has all lora_B weights equal to zero, so it will not change the "
+                  "model: switching to it gives the same answers as the base. It was never trained (or "
+                  "was created with add_adapter); train it, or load the trained folder.", stacklevel=stacklevel)
+
+
+def loaded_zero(model, name: str) -> bool:
+    """True when every lora_B (and lora_embedding_B) of a loaded LoRA adapter is zero; usually the first decides."""
+    def weights():
+        for m in model.modules():
+            if name in getattr(m, "lora_B", {}):
+                yield m.lora_B[name].weight
+            if name in getattr(m, "lora_embedding_B", {}):
+                yield m.lora_embedding_B[name]
+    ws = weights()
+    first = next(ws, None)
+    return first is not None and not first.any() and not any(w.any() for w in ws)
