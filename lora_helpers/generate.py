@@ -98,7 +98,6 @@ def _refuse_peft_base(names) -> None:
                            "adapter (letters, digits, '_' and '-').")
 
 
-_using = temporary_switch  # the old private name, until merge.py imports switching.temporary_switch
 
 
 def route_and_generate(model, tokenizer, prompts, router, max_new_tokens: int = 128, fallback: str = BASE, **kw):

@@ -431,12 +431,12 @@ def _probe_ids(model, tokenizer) -> torch.Tensor:
 @torch.inference_mode()
 def _adapter_logits(model, name, ids) -> torch.Tensor:
     """Logits of the unmerged adapter: a temporary switch, restored afterwards (eval mode meanwhile)."""
-    from .generate import _using
+    from .switching import temporary_switch
 
     training = model.training
     model.eval()
     try:
-        with _using(model, name):
+        with temporary_switch(model, name):
             return model(input_ids=ids.to(model.device)).logits.float().cpu()
     finally:
         model.train(training)
