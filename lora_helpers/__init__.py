@@ -12,7 +12,8 @@ from .colab import mount_drive
 from .generate import generate, route_and_generate
 from .adapters import active_adapter, list_adapters, load_adapters, switch
 from .storage import find_token, resolve_adapter, save_adapter
-from .merge import MergeReport, combine_adapters, merge_and_save
+from .merge import MergeReport, merge_and_save
+from .combine import combine_adapters
 from .widgets import adapter_switcher, plot_sizes, show_replies
 # course tooling (lora_helpers.course): demo adapters and data, timing for the notebooks
 from .course.demo import demo_adapters, make_foreign_adapter

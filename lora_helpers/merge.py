@@ -1,4 +1,4 @@
-"""Merge one adapter into a plain transformers folder (verified), and combine adapters into a new one.
+"""Merge one adapter into a plain transformers folder, verified (the weights are written by merged_weights).
 
 ``merge_and_save`` never touches the live model and never holds a second copy of the base: it walks the
 base module by module, computes each merged tensor (``W + s·B·A``, through PEFT's own layer ``merge`` on a
@@ -8,7 +8,6 @@ shard, so the extra memory is about one shard. Every adapter stays loaded, unmer
 """
 from __future__ import annotations
 
-import copy
 import gc
 import json
 import time
@@ -21,9 +20,11 @@ from safetensors import SafetensorError
 
 from .base import is_quantized
 from .colab import GIB, free_gpu, free_ram, require
+from .combine import _is_lora, _loaded
 from .errors import AdapterError, AdapterExistsError, AdapterNotFoundError, MergeError
-from .names import BASE, check_name
 from .folders import replace_folder, staging_folder
+from .merged_weights import _dequantized, _write_config, write_merged
+from .names import BASE
 
 REPORT_NAME = "merge_report.json"
 PROBE = "Return the user as JSON: name Anna, city Kazan. Напиши функцию на Python, которая считает сумму."
@@ -34,7 +35,6 @@ TOLERANCE = {torch.float32: 1e-3, torch.float16: 0.25, torch.bfloat16: 2.0}
 # on the CPU). SmolLM2-135M nf4 + the shipped adapters, merged in fp32: 0.61-0.96, while an adapter moves
 # the logits by 10.6-28.7 (`make bench`: lora_helpers.course.bench_merge; README "Merging a 4-bit base").
 TOLERANCE_4BIT = 2.0
-METHODS = ("linear", "ties", "dare_ties", "cat")
 VERIFY = (True, False, "auto", "logits", "tensors")
 SAMPLED_LAYERS = 8  # LoRA layers re-read and checked against W + s·B·A when the logits check does not fit
 SHARD_RANGE = (64 * 2**20, 2 * 2**30)  # default shard: a quarter of the merged model, within this range
@@ -156,10 +156,6 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
 
 
 # ----------------------------------------------------------------------------- checks
-def _loaded(model) -> list:
-    return sorted(getattr(model, "peft_config", {}) or {})
-
-
 def _check_adapter(model, name) -> None:
     if not hasattr(model, "get_base_model") or not _loaded(model):
         raise AdapterError(f"The model ({type(model).__name__}) has no adapters loaded, so there is nothing to "
@@ -177,10 +173,6 @@ def _check_adapter(model, name) -> None:
     if getattr(model.get_base_model(), "is_loaded_in_8bit", False):
         raise MergeError("Merging into an 8-bit base is not supported: load the base in 4-bit (nf4) or in full "
                          "precision, add the adapter, and merge that.")
-
-
-def _is_lora(cfg) -> bool:
-    return str(getattr(cfg, "peft_type", "")).split(".")[-1] == "LORA"
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
@@ -257,169 +249,6 @@ def _lora_layers(base) -> dict:
     return {n: m for n, m in base.named_modules() if isinstance(m, LoraLayer)}
 
 
-# ----------------------------------------------------------------------------- merging
-def write_merged(model, name: str, folder: Path, dtype, shard_bytes: int) -> tuple[int, bool]:
-    """Write base + adapter ``name`` as safetensors shards in ``folder``, one tensor at a time.
-
-    Returns (number of shards, whether tied embeddings had to be untied because the adapter changed one).
-    """
-    from safetensors.torch import save_file
-
-    base = model.get_base_model()
-    tied = _tied_pairs(base)  # {target key: source key} that the config ties
-    buffer, size, files, weight_map, changed_keys = {}, 0, [], {}, set()
-    untied = False
-
-    def flush():
-        nonlocal buffer, size
-        if buffer:
-            path = folder / f".shard-{len(files):05d}.safetensors"
-            save_file(buffer, path, metadata={"format": "pt"})
-            files.append((path, list(buffer)))
-        buffer, size = {}, 0
-
-    for key, tensor, changed in _merged_tensors(base, name):
-        if changed:
-            changed_keys.add(key)
-        if key in tied:
-            src = tied[key]
-            if key not in changed_keys and src not in changed_keys:
-                continue  # still tied: saved once, under the source key
-            if torch.equal(tensor, _read_back(folder, files, buffer, src, tensor.dtype)):
-                continue
-            untied = True
-        t = tensor.detach().to("cpu", dtype if tensor.is_floating_point() else tensor.dtype).contiguous()
-        if size and size + t.numel() * t.element_size() > shard_bytes:
-            flush()
-        buffer[key] = t
-        size += t.numel() * t.element_size()
-        del tensor
-    flush()
-    total = len(files)
-    for i, (path, keys) in enumerate(files):
-        final = "model.safetensors" if total == 1 else f"model-{i + 1:05d}-of-{total:05d}.safetensors"
-        path.rename(folder / final)
-        weight_map.update({k: final for k in keys})
-    if total > 1:
-        index = {"metadata": {"total_size": sum((folder / f).stat().st_size for f in set(weight_map.values()))},
-                 "weight_map": dict(sorted(weight_map.items()))}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return total, untied
-
-
-def _tied_pairs(base) -> dict:
-    if not getattr(base.config, "tie_word_embeddings", False):
-        return {}
-    keys = getattr(base, "_tied_weights_keys", None)  # transformers 5: {target: source}
-    return dict(keys) if isinstance(keys, dict) else {}
-
-
-def _read_back(folder, files, buffer, key, dtype):
-    if key in buffer:
-        return buffer[key]
-    from safetensors import safe_open
-    for path, keys in files:
-        if key in keys:
-            with safe_open(path, "pt") as f:
-                return f.get_tensor(key)
-    raise MergeError(f"Tied weight {key!r} was not written before its twin: cannot tell whether they still tie.")
-
-
-def _merged_tensors(base, name):
-    """(key, tensor, changed by the adapter) of the merged plain model, one at a time, in module order."""
-    keys = set(base.state_dict(keep_vars=True))  # names only; includes wrapper paths
-    yield from _walk(base, "", name, keys)
-
-
-def _walk(module, prefix, name, keys, path=""):
-    from peft.tuners.lora import LoraLayer
-    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils.other import ModulesToSaveWrapper, TrainableTokensWrapper
-
-    if isinstance(module, LoraLayer):
-        yield from _lora_tensors(module, prefix, name, keys, path)
-    elif isinstance(module, TrainableTokensLayer):
-        for key, t, changed in _walk(module.base_layer, prefix, name, keys, path + "base_layer."):
-            if key == prefix + "weight" and name in module.token_indices:
-                t, changed = module.get_merged_weights([name]), True
-            yield key, t, changed
-    elif isinstance(module, TrainableTokensWrapper):
-        yield from _walk(module.token_adapter, prefix, name, keys, path + "token_adapter.")
-    elif isinstance(module, ModulesToSaveWrapper):
-        own = name in module.modules_to_save
-        inner, sub = ((module.modules_to_save[name], f"modules_to_save.{name}.") if own
-                      else (module.original_module, "original_module."))
-        for key, t, changed in _walk(inner, prefix, name, keys, path + sub):
-            yield key, t, changed or own
-    elif isinstance(module, BaseTunerLayer):
-        raise MergeError(f"{prefix.rstrip('.')} holds a {type(module).__name__} layer, which this merge cannot "
-                         "write; only LoRA adapters (with modules_to_save / trainable tokens) are supported.")
-    else:
-        yield from _own_tensors(module, prefix, keys, path)
-        for child_name, child in module.named_children():
-            yield from _walk(child, f"{prefix}{child_name}.", name, keys, f"{path}{child_name}.")
-
-
-def _own_tensors(module, prefix, keys, path):
-    """A plain module's own parameters and persistent buffers; 4-bit weights dequantized."""
-    for pname, p in module.named_parameters(recurse=False):
-        yield prefix + pname, _dequantized(p), False
-    for bname, b in module.named_buffers(recurse=False):
-        if b is not None and path + bname in keys:  # persistent buffers only (those in the state dict)
-            yield prefix + bname, b, False
-
-
-def _dequantized(p):
-    state = getattr(p, "quant_state", None)
-    if state is None:
-        return p.data
-    from peft.utils.integrations import dequantize_bnb_weight
-    return dequantize_bnb_weight(p, state=state)
-
-
-def _lora_tensors(layer, prefix, name, keys, path):
-    """The merged base layer of one LoRA layer: ``W + get_delta_weight(name)`` as PEFT's own merge adds it
-    (4-bit weights dequantized first); DoRA and LoRA biases through PEFT's ``merge`` on a copy of this layer."""
-    inner = layer.get_base_layer()
-    if name not in layer.lora_A and name not in layer.lora_embedding_A:
-        yield from _own_tensors(inner, prefix, keys, path + "base_layer.")
-        return
-    quantized = getattr(inner.weight, "quant_state", None) is not None
-    if layer.lora_variant.get(name) is not None or layer.lora_bias.get(name):
-        if quantized:
-            raise MergeError(f"{prefix.rstrip('.')}: '{name}' uses DoRA or a LoRA bias, which this merge cannot add "
-                             "to a 4-bit weight. Merge it on a full-precision base.")
-        one = copy.deepcopy(layer)  # one layer's copy, never the model's
-        with torch.no_grad():
-            one.merge(safe_merge=True, adapter_names=[name])
-        merged = list(_own_tensors(one.get_base_layer(), prefix, keys, path + "base_layer."))
-        del one
-        gc.collect()  # PEFT layers hold reference cycles: free the copy now, not at some later collection
-        for key, t, _ in merged:
-            yield key, t, True
-        return
-    with torch.no_grad():
-        w = _dequantized(inner.weight)
-        w = (w.float() if quantized else w) + layer.get_delta_weight(name).to(torch.float32 if quantized else w.dtype)
-    yield prefix + "weight", w, True
-    for pname, p in inner.named_parameters(recurse=False):
-        if pname != "weight":
-            yield prefix + pname, p.data, False
-
-
-def _write_config(base, folder: Path, dtype, untied: bool) -> None:
-    cfg = base.config.to_dict()
-    cfg.pop("quantization_config", None)
-    cfg["dtype"] = str(dtype).split(".")[-1]
-    if untied:
-        cfg["tie_word_embeddings"] = False  # as PEFT does when merging leaves the embeddings different
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    gen = getattr(base, "generation_config", None)
-    if gen is not None:
-        gen.save_pretrained(folder)
-
-
 # ----------------------------------------------------------------------------- verification
 def _probe_ids(model, tokenizer) -> torch.Tensor:
     if tokenizer is not None:
@@ -487,52 +316,3 @@ def _adapter_bytes(model, name) -> int:
     from peft import get_peft_model_state_dict
     weights = get_peft_model_state_dict(model, adapter_name=name, save_embedding_layers=False)
     return sum(t.numel() * t.element_size() for t in weights.values())
-
-
-# ----------------------------------------------------------------------------- combining
-def combine_adapters(model, weights: dict, new_name: str, method: str = "linear", density: float | None = None):
-    """Add adapter ``new_name`` = a weighted mix of loaded adapters ({name: weight}); returns ``model``.
-
-    On PEFT's ``add_weighted_adapter``. "cat" is exact (Σ weight·ΔW, rank = sum of ranks); "linear" mixes the
-    A and B matrices (same rank needed; an approximation); "ties"/"dare_ties" prune to ``density`` (0..1]
-    and resolve sign conflicts ("dare_ties" is random: seed first). The active adapter does not change:
-    ``lh.switch(model, new_name)`` to use it.
-    """
-    if not hasattr(model, "add_weighted_adapter") or not _loaded(model):
-        raise AdapterError("combine_adapters needs a PeftModel with LoRA adapters loaded: "
-                           "model = lh.load_adapters(model, {name: source}).")
-    if not isinstance(weights, dict) or not weights:
-        raise AdapterError(f"weights must be a non-empty dict {{adapter name: weight}}, got {weights!r}.")
-    unknown = [n for n in weights if n not in model.peft_config]
-    if unknown:
-        raise AdapterNotFoundError(f"Adapter(s) {unknown} are not loaded; loaded: {', '.join(_loaded(model))}.")
-    if not all(_is_lora(model.peft_config[n]) for n in weights):
-        raise AdapterError("combine_adapters combines LoRA adapters only; "
-                           f"got {[str(model.peft_config[n].peft_type) for n in weights]}.")
-    check_name(new_name, "the combined adapter")
-    if new_name in model.peft_config:
-        raise AdapterExistsError(f"An adapter named {new_name!r} is already loaded; choose another new_name "
-                                 f"(loaded: {', '.join(_loaded(model))}).")
-    if method not in METHODS:
-        raise AdapterError(f"method={method!r} is not supported; choose one of {', '.join(METHODS)}.")
-    bad = {n: w for n, w in weights.items() if isinstance(w, bool) or not isinstance(w, (int, float))}
-    if bad:
-        raise AdapterError(f"Weights must be numbers, got {bad}.")
-    if method in ("ties", "dare_ties"):
-        if density is None or not 0 < density <= 1:
-            raise AdapterError(f"method={method!r} needs density in (0, 1], the share of each adapter's weights "
-                               f"to keep, got {density!r}. Try density=0.5.")
-    elif density is not None:
-        raise AdapterError(f"density applies only to 'ties' and 'dare_ties', not to {method!r}.")
-    ranks = {n: max([c.r, *(c.rank_pattern or {}).values()]) for n, c in model.peft_config.items() if n in weights}
-    if method != "cat" and len(set(ranks.values())) > 1:
-        raise MergeError(f"method={method!r} needs adapters of the same rank, got {ranks}. "
-                         "Use method='cat' (rank = sum of ranks), or retrain with one r.")
-    try:
-        model.add_weighted_adapter(list(weights), [float(w) for w in weights.values()], new_name,
-                                   combination_type=method, density=density)
-    except (ValueError, TypeError, RuntimeError) as e:
-        if new_name in model.peft_config:
-            model.delete_adapter(new_name)
-        raise MergeError(f"PEFT could not combine {list(weights)} with method={method!r}: {e}") from e
-    return model

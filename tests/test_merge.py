@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 
 import lora_helpers as lh
 from lora_helpers import merge as M
+from lora_helpers import merged_weights as W
 
 import tiny
 
@@ -265,7 +266,7 @@ def test_no_copy_of_the_whole_model_is_made(two, tmp_path, monkeypatch):
         return real(obj, *a, **kw)
 
     monkeypatch.setattr(copy, "deepcopy", guarded)
-    monkeypatch.setattr(M.copy, "deepcopy", guarded)
+    monkeypatch.setattr(W.copy, "deepcopy", guarded)
     lh.merge_and_save(two, "coding", tmp_path / "m", verify="tensors")
 
 
@@ -279,13 +280,13 @@ def test_tensor_check_when_the_model_does_not_fit(two, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("verify", ["logits", "tensors"])
 def test_a_wrong_merge_is_caught_and_nothing_is_written(two, tmp_path, monkeypatch, verify):
-    real = M._lora_tensors
+    real = W._lora_tensors
 
     def off_by_one(layer, prefix, name, keys, path):
         for key, t, changed in real(layer, prefix, name, keys, path):
             yield key, (t + 1 if key.endswith("q_proj.weight") else t), changed
 
-    monkeypatch.setattr(M, "_lora_tensors", off_by_one)
+    monkeypatch.setattr(W, "_lora_tensors", off_by_one)
     with pytest.raises(lh.MergeError, match="does not (match|equal)"):
         lh.merge_and_save(two, "coding", tmp_path / "m", verify=verify)
     assert list(tmp_path.iterdir()) == []
