@@ -43,11 +43,6 @@ def mount_drive(mountpoint: str = COLAB_DRIVE_MOUNT) -> bool:
     return (Path(mountpoint) / "MyDrive").is_dir()
 
 
-def drive_mounted(mountpoint: str = COLAB_DRIVE_MOUNT) -> bool:
-    """True when Drive is already mounted in Colab (asks nothing)."""
-    return in_colab() and (Path(mountpoint) / "MyDrive").is_dir()
-
-
 def free_ram() -> int | None:
     """Bytes of memory available to new allocations (Linux ``MemAvailable``), None when unknown."""
     try:
