@@ -8,6 +8,7 @@ and whose HF_TOKEN cannot write: it must finish with clear messages, never stop,
 """
 import importlib.metadata as md
 import json
+import shutil
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +23,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import notebooks_for_base  # noqa: E402
 
 CLONE = Path("/content/lora-adapters-course")
+DRIVE = Path("/content/drive")  # where Colab mounts Google Drive; a declined mount must leave nothing there
 READ_ONLY_TOKEN = "hf_" + "ReadOnly" * 5  # token-shaped; the stand-in Hub refuses every write made with it
 COLAB_VERSIONS = {"torch": "2.11.0", "transformers": "5.15.0", "peft": "0.20.0", "ipywidgets": "7.7.1",
                   "scikit-learn": "1.6.1"}
@@ -69,8 +71,9 @@ class _ReadOnlyHub(BaseHTTPRequestHandler):
 def colab_runtime(tmp_path_factory):
     if CLONE.is_symlink():
         CLONE.unlink()
-    if CLONE.exists():
-        pytest.fail(f"{CLONE} exists and is not this test's link; move it away and run again")
+    for path in (CLONE, DRIVE):  # a leftover Drive folder would make mount_drive() see Drive as mounted
+        if path.exists():
+            pytest.fail(f"{path} exists and is not this test's; move it away and run again")
     CLONE.parent.mkdir(parents=True, exist_ok=True)
     CLONE.symlink_to(ROOT)
     hub = ThreadingHTTPServer(("127.0.0.1", 0), _ReadOnlyHub)
@@ -80,6 +83,7 @@ def colab_runtime(tmp_path_factory):
     finally:
         hub.shutdown()
         CLONE.unlink()
+        shutil.rmtree(DRIVE, ignore_errors=True)  # it did not exist before the test (checked above)
 
 
 def _run(path: Path) -> str:
@@ -111,6 +115,7 @@ def test_01_with_a_declined_drive_and_a_token_that_cannot_publish(colab_runtime,
                                     names=["01_load_switch_adapters.ipynb"])[0]
     text = _run(nb)
     assert "Google Drive не подключён" in text
+    assert "сохранено (session)" in text and not DRIVE.exists()
     assert READ_ONLY_TOKEN not in text and READ_ONLY_TOKEN not in nb.read_text()
     assert any(method in ("POST", "PUT") for method, _ in _ReadOnlyHub.requests), "publishing was never tried"
     for name, version in COLAB_VERSIONS.items():  # the install cell kept what Colab has
