@@ -7,7 +7,7 @@ BUILD := build
 NOTEBOOKS := 01_load_switch_adapters.ipynb 02_merge_adapter.ipynb 03_router_demo.ipynb
 export TQDM_DISABLE ?= 1
 
-.PHONY: setup demo test test-unit test-notebooks test-4bit notebooks train evaluate bench clean serve-setup test-serve test-colab
+.PHONY: setup demo test test-unit test-notebooks test-4bit notebooks train evaluate bench clean serve-setup test-serve colab-setup test-colab
 
 setup: $(STAMP)
 
@@ -111,6 +111,8 @@ $(COLAB_STAMP): requirements-colab.txt
 	$(COLAB_PY) -m pip install -q --upgrade pip
 	$(COLAB_PY) -m pip install -q -r requirements-colab.txt
 	touch $(COLAB_STAMP)
+
+colab-setup: $(COLAB_STAMP)
 
 test-colab: $(COLAB_STAMP)
 	PYTHONPATH=$(CURDIR)/tests_colab/fake_colab $(COLAB_PY) -m pytest -q -p no:cacheprovider tests_colab
