@@ -74,13 +74,22 @@ class MergeReport:
             check = f"проверено по весам: {self.tensors_checked} слоёв W' = W + s·B·A"
         else:
             check = "без проверки"
-        return (f"Адаптер «{self.adapter}» вплавлен в базу → {self.path} ({self.dtype}, {self.shards} файл(ов) весов): "
+        return (f"Адаптер «{self.adapter}» вплавлен в базу → {self.path} ({self.dtype}, {_files(self.shards)} весов): "
                 f"{_mib(self.merged_bytes)} против {_mib(self.adapter_bytes)} у адаптера (×{self.ratio:.0f}); "
                 f"{check}; {self.seconds:.1f} с")
 
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} МиБ"
+
+
+def _files(n: int) -> str:
+    """«1 файл», «3 файла», «12 файлов»: the Russian plural."""
+    if n % 10 == 1 and n % 100 != 11:
+        return f"{n} файл"
+    if n % 10 in (2, 3, 4) and n % 100 not in (12, 13, 14):
+        return f"{n} файла"
+    return f"{n} файлов"
 
 
 def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify=True,

@@ -431,3 +431,12 @@ def test_embedded_merged_replies_equal_the_unmerged_adapter(embedded_fresh, tmp_
     merged, merged_tok = lh.load_base(str(path))
     assert type(merged).__name__ == "LlamaForCausalLM" and not hasattr(merged, "peft_config")
     assert lh.generate(merged, merged_tok, PROMPTS, max_new_tokens=16) == adapter_replies
+
+
+@pytest.mark.parametrize("shards,words", [(1, "1 файл весов"), (3, "3 файла весов"), (5, "5 файлов весов"),
+                                          (11, "11 файлов весов"), (22, "22 файла весов")])
+def test_summary_says_the_number_of_files_in_russian(shards, words):
+    report = lh.MergeReport(path="out/m", adapter="json", base="b", dtype="float32", max_abs_diff=1e-4,
+                            tolerance=1e-3, adapter_bytes=2**20, merged_bytes=50 * 2**20, seconds=1.0,
+                            verify_seconds=0.5, quantized_base=False, verified_by="logits", shards=shards)
+    assert f"(float32, {words})" in report.summary() and "×50" in report.summary()
