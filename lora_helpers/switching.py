@@ -78,6 +78,9 @@ def _enable(model) -> None:
 def switch(model, name) -> None:
     """Run adapter ``name`` from now on; ``"base"`` runs the base without adapters.
 
+    ``"base"`` is PEFT's ``disable_adapter_layers()``, which PEFT's own ``set_adapter`` does not undo: come
+    back with ``switch`` (or call ``enable_adapter_layers()`` before ``set_adapter``).
+
     ``name`` may also be a list (one name, or several to run together, as ``base_model.set_adapter`` allows).
     The result equals PEFT's ``enable_adapter_layers()`` + ``set_adapter(name, inference_mode=True)``: every
     adapter weight is frozen afterwards (use PEFT's ``set_adapter`` to train). Unknown names, and sets of

@@ -391,3 +391,18 @@ def test_no_module_level_state():
         src = inspect.getsource(module)
         assert "__dict__" not in src and "WeakKeyDictionary" not in src, module.__name__
         assert "._disable_adapters" not in src and "._active_adapter" not in src, module.__name__
+
+
+def test_after_base_peft_set_adapter_alone_keeps_adapters_off(tiny_model):
+    """What switch's docstring and notebook 01 warn about: PEFT's set_adapter does not undo "base"."""
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
+                           adapter_name="json").eval()
+    with_adapter = logits(model)
+    lh.switch(model, BASE)
+    without = logits(model)
+    assert not torch.equal(with_adapter, without)
+    model.set_adapter("json")
+    assert torch.equal(logits(model), without)        # silently still the base
+    lh.switch(model, "json")
+    assert torch.equal(logits(model), with_adapter)
