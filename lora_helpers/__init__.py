@@ -1,10 +1,10 @@
 """lora_helpers: one base LLM, interchangeable LoRA adapters ("сменные насадки").
 
-The public API lives here and nowhere else; see DESIGN.md.
+The public API lives here and nowhere else; README.md ("The package's layout") says which module does what.
 """
 from .errors import (
     AdapterError, AdapterExistsError, AdapterFileError, AdapterNotFoundError, BaseMismatchError,
-    BaseModelError, MergeError, PromptError, StorageError,
+    BaseModelError, MergeError, PromptError, StorageError, ServeError, AdapterNotServedError,
 )
 # -- module exports (one line per module) --
 from .base import PRESETS, cache_dir, in_colab, load_base, pick_device, setup

@@ -33,7 +33,7 @@ PROBE = "Return the user as JSON: name Anna, city Kazan. Напиши функц
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 0.25, torch.bfloat16: 2.0}
 # For a 4-bit base the reference itself is approximate: bitsandbytes' kernels compute in bf16/fp16 (also
 # on the CPU). SmolLM2-135M nf4 + the shipped adapters, merged in fp32: 0.61-0.96, while an adapter moves
-# the logits by 10.6-28.7 (`make bench`: lora_helpers.course.bench_merge; README "Merging a 4-bit base").
+# the logits by 10.9-28.7 (`make bench`: lora_helpers.course.bench_merge; README "Merging a 4-bit base").
 TOLERANCE_4BIT = 2.0
 VERIFY = (True, False, "auto", "logits", "tensors")
 SAMPLED_LAYERS = 8  # LoRA layers re-read and checked against W + s·B·A when the logits check does not fit

@@ -4,8 +4,8 @@
   ``--max-lora-rank`` from the adapters' ranks); :func:`shell_line` prints it for a terminal.
 - :class:`RoutedClient` (from :mod:`lora_helpers.client`, importable here too) routes each prompt with a
   project router and sends it to the server's OpenAI-compatible API with ``model=<adapter name>``.
-- ``python -m lora_helpers.serve`` prints the command for the demo adapters; ``--bench`` compares PEFT's
-  mixed batch in-process with vLLM (see :mod:`lora_helpers.course.serve_local`, which also starts servers here).
+- ``python -m lora_helpers.serve`` prints the command for the demo adapters; :mod:`lora_helpers.course.serve_local`
+  starts such a server here and compares PEFT's mixed batch in-process with it.
 
 Neither vLLM nor ``openai`` is needed to import this module: vLLM runs as a separate program (its CPU
 build lives in its own environment, see ``make serve-setup``), and ``openai`` is imported by the client.

@@ -2,7 +2,8 @@
 
 The loss counts only the assistant reply (and the end-of-turn token): the prompt, wrapped in the chat
 template exactly as :func:`lora_helpers.generate` wraps it, is masked out. The same function runs QLoRA
-when the base is loaded in 4/8-bit on a GPU (``peft.prepare_model_for_kbit_training``).
+when the base is loaded in 4/8-bit (``peft.prepare_model_for_kbit_training``; on a GPU, or on the CPU
+with bitsandbytes' CPU backend as in ``make test-4bit``).
 """
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
 
     ``examples``: dicts with ``prompt`` and ``reply`` (or (prompt, reply) pairs), or a demo behaviour name
     ("json", "coding", "support") for the shipped training data. ``model``: a plain base (it gets
-    wrapped), a 4/8-bit base on a GPU (QLoRA), or a PeftModel that already holds other adapters (the new
+    wrapped), a 4/8-bit base (QLoRA), or a PeftModel that already holds other adapters (the new
     one is added beside them; they are not changed). ``target_modules=None`` uses PEFT's default for the
     architecture (q_proj and v_proj for Llama/Mistral). Steps use AdamW, linear warmup then linear decay.
     """

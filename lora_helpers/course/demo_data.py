@@ -1,4 +1,4 @@
-"""The demo adapters' data: training examples and held-out prompts, kept as jsonl in ``lora_helpers/data``.
+"""The demo adapters' data: training examples and held-out prompts, kept as jsonl in ``lora_helpers/course/data``.
 
 Files: ``{behaviour}_train.jsonl`` (``{"prompt", "reply"}`` rows) and ``{behaviour}_heldout.jsonl``
 (``{"prompt"}`` rows, plus ``"expect"`` for json: the values the reply must hold). Held-out prompts are
