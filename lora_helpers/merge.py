@@ -23,7 +23,7 @@ from .colab import GIB, free_gpu, free_ram, require
 from .combine import _is_lora, _loaded
 from .errors import AdapterError, AdapterExistsError, AdapterNotFoundError, MergeError
 from .folders import replace_folder, staging_folder
-from .merged_weights import _dequantized, _write_config, write_merged
+from .merged_weights import _dequantized, _tied_pairs, _write_config, write_merged
 from .names import BASE
 
 REPORT_NAME = "merge_report.json"
@@ -305,14 +305,22 @@ def _verify_tensors(model, name, folder: Path, dtype) -> int:
               if name in m.lora_A and m.lora_variant.get(name) is None and not m.lora_bias.get(name)]
     step = max(1, len(layers) // SAMPLED_LAYERS)
     sample = layers[::step][:SAMPLED_LAYERS]
+    tied = _tied_pairs(model.get_base_model())  # a weight that stayed tied is saved under its source's key
     for n, m in sample:
         key = n + ".weight"
+        if key not in where and tied.get(key) in where:
+            key = tied[key]
+        if key not in where:
+            raise MergeError(f"The merged folder has no tensor {key!r} for a LoRA layer of '{name}'. Nothing was "
+                             "written; please report this with your PEFT and transformers versions.")
         with safe_open(folder / where[key], "pt") as f:
             saved = f.get_tensor(key).float()
         delta = m.lora_B[name].weight.float() @ m.lora_A[name].weight.float() * m.scaling[name]
         if getattr(model.peft_config[name], "fan_in_fan_out", False):
             delta = delta.T
-        expected = (_dequantized(m.get_base_layer().weight).float() + delta.to(saved.device)).to(dtype).float()
+        # on the CPU, where the saved tensor is, whatever device the model runs on
+        base_w = _dequantized(m.get_base_layer().weight).to("cpu", torch.float32)
+        expected = (base_w + delta.to("cpu")).to(dtype).float()
         limit = 2 * torch.finfo(dtype).eps * float(expected.abs().max()) + 1e-6
         diff = float((saved - expected).abs().max())
         if not diff <= limit:

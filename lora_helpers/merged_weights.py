@@ -40,19 +40,19 @@ def write_merged(model, name: str, folder: Path, dtype, shard_bytes: int) -> tup
     for key, tensor, changed in _merged_tensors(base, name):
         if changed:
             changed_keys.add(key)
+        if key in tied and key not in changed_keys and tied[key] not in changed_keys:
+            continue  # still tied: saved once, under the source key
+        # as saved: on the CPU (the model may be on a GPU) and in the saved dtype
+        t = tensor.detach().to("cpu", dtype if tensor.is_floating_point() else tensor.dtype).contiguous()
+        del tensor
         if key in tied:
-            src = tied[key]
-            if key not in changed_keys and src not in changed_keys:
-                continue  # still tied: saved once, under the source key
-            if torch.equal(tensor, _read_back(folder, files, buffer, src, tensor.dtype)):
+            if torch.equal(t, _read_back(folder, files, buffer, tied[key])):
                 continue
             untied = True
-        t = tensor.detach().to("cpu", dtype if tensor.is_floating_point() else tensor.dtype).contiguous()
         if size and size + t.numel() * t.element_size() > shard_bytes:
             flush()
         buffer[key] = t
         size += t.numel() * t.element_size()
-        del tensor
     flush()
     total = len(files)
     for i, (path, keys) in enumerate(files):
@@ -73,7 +73,7 @@ def _tied_pairs(base) -> dict:
     return dict(keys) if isinstance(keys, dict) else {}
 
 
-def _read_back(folder, files, buffer, key, dtype):
+def _read_back(folder, files, buffer, key):
     if key in buffer:
         return buffer[key]
     from safetensors import safe_open

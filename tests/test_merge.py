@@ -255,6 +255,18 @@ def test_adapter_on_tied_lm_head_unties_the_merged_config(tiny_tokenizer, tmp_pa
     torch.testing.assert_close(logits(merged), logits(model, "json"), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tied_lm_head_compared_as_saved(tiny_tokenizer, tmp_path, dtype):
+    """An lm_head adapter that changes nothing keeps the tie; one that does unties it, in any saved dtype."""
+    base = tiny.make_model(tiny_tokenizer, tie_word_embeddings=True)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "lm_head"]), adapter_name="zero")
+    model.add_adapter("real", _lora(targets=["q_proj", "lm_head"]))
+    for name, tied in (("zero", True), ("real", False)):
+        path = lh.merge_and_save(model.eval(), name, tmp_path / name, dtype=dtype, verify="tensors")
+        assert json.loads((path / "config.json").read_text())["tie_word_embeddings"] is tied, name
+        assert ("lm_head.weight" in _saved_state(path)) is not tied, name
+
+
 def test_no_copy_of_the_whole_model_is_made(two, tmp_path, monkeypatch):
     import copy
 
