@@ -65,8 +65,8 @@ def test_demo_adapters_for_a_new_base_are_trained_once(monkeypatch, tmp_path, ti
     monkeypatch.setenv(demo.TRAIN_STEPS_ENV, "1")
     trained = []
     real = demo._train
-    monkeypatch.setattr(demo, "_train", lambda model, tok, names, forced, progress:
-                        trained.append(list(names)) or real(model, tok, names, forced, progress))
+    monkeypatch.setattr(demo, "_train", lambda model, tok, names, forced, progress, drive=False:
+                        trained.append(list(names)) or real(model, tok, names, forced, progress, drive))
     first = lh.demo_adapters(tiny_model, tiny_tokenizer, progress=False)
     assert trained == [["json", "coding", "support"]] and "обучаю их сейчас" in capsys.readouterr().out
     assert not hasattr(tiny_model, "peft_config")  # the base is left without adapters
@@ -75,6 +75,21 @@ def test_demo_adapters_for_a_new_base_are_trained_once(monkeypatch, tmp_path, ti
     assert all(str(lh.resolve_adapter(s)).startswith(str(tmp_path / "session")) for s in second.values())
     model = lh.load_adapters(tiny_model, second)
     assert set(model.peft_config) == {"json", "coding", "support"}
+
+
+def test_demo_adapters_on_drive_serve_the_next_notebook(monkeypatch, tmp_path, tiny_model, tiny_tokenizer, capsys):
+    """Each Colab notebook has its own runtime: with Drive, 02 and 03 reuse what 01 trained."""
+    monkeypatch.setenv("LORA_DRIVE_DIR", str(tmp_path / "drive"))
+    monkeypatch.setenv("LORA_SESSION_DIR", str(tmp_path / "session-01"))
+    monkeypatch.setenv(demo.TRAIN_STEPS_ENV, "1")
+    first = lh.demo_adapters(tiny_model, tiny_tokenizer, where="drive", progress=False)
+    out = capsys.readouterr().out
+    assert "обучаю их сейчас" in out and "сохранятся на Drive" in out and "отметьте USE_DRIVE" not in out
+    assert all(s.startswith("drive:") for s in first.values())
+    monkeypatch.setenv("LORA_SESSION_DIR", str(tmp_path / "session-02"))  # the next notebook's runtime
+    monkeypatch.setattr(demo, "_train", lambda *a, **k: pytest.fail("trained again although Drive has them"))
+    assert lh.demo_adapters(tiny_model, tiny_tokenizer, where="drive", progress=False) == first
+    assert not (tmp_path / "session-02").exists()
 
 
 def test_demo_training_steps_variable_is_checked(monkeypatch, tiny_model, tiny_tokenizer):

@@ -52,7 +52,7 @@ def demo_adapters(model, tokenizer, where: str = "session", progress: bool = Tru
     missing = [n for n in NAMES if n not in sources]
     if not missing:
         return sources
-    trained = _train(model, tokenizer, missing, forced, progress)
+    trained = _train(model, tokenizer, missing, forced, progress, drive=where == "drive")
     for name in missing:
         save_adapter(trained, name, where="session", path_or_repo=f"{slug}/lora_{name}")
         sources[name] = f"session:{slug}/lora_{name}"
@@ -75,7 +75,7 @@ def _forced_steps() -> int | None:
     return int(value)
 
 
-def _train(model, tokenizer, names, forced, progress):
+def _train(model, tokenizer, names, forced, progress, drive=False):
     from ..base import is_quantized
     from ..train import RECIPES, train_adapter
 
@@ -88,7 +88,8 @@ def _train(model, tokenizer, names, forced, progress):
     kind = "QLoRA (4-bit base)" if is_quantized(model) else "LoRA"
     print(f"Для этой базы нет готовых адаптеров {list(names)}: обучаю их сейчас ({kind}, {steps} шагов всего). "
           + (f"Оценка для T4: ~{steps * T4_SECONDS_PER_STEP / 60:.0f} мин (оценка, не замер). " if large else "")
-          + "Чтобы обучать один раз, включите USE_DRIVE: адаптеры сохранятся на Drive.")
+          + ("Они сохранятся на Drive: в следующий раз обучать не придётся." if drive else
+             "Чтобы обучать один раз, отметьте USE_DRIVE: адаптеры сохранятся на Drive."))
     trained = model
     for name in names:
         trained = train_adapter(trained, tokenizer, name, name, progress=progress, **recipes[name])
