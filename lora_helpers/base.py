@@ -295,6 +295,11 @@ def _load_hub(repo: str, device: str, dtype, token, **kw):
     return _finish(model, tok)
 
 
+def gpu_half():
+    """bf16 where the GPU computes it natively (Ampere and newer), else fp16 (a T4 only emulates bf16, slowly)."""
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
 def _bnb_config(device: str):
     """bitsandbytes nf4 for any device: float32 compute on the CPU, bf16/fp16 on a GPU."""
     try:
@@ -304,22 +309,21 @@ def _bnb_config(device: str):
         raise BaseModelError(
             f"4-bit loading needs bitsandbytes, which could not be imported ({type(e).__name__}: {e}). "
             'Install it with: pip install "bitsandbytes>=0.48" (CPU or CUDA; not on macOS/ARM).') from e
-    if device.startswith("cuda"):
-        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        compute = torch.float32
+    compute = gpu_half() if device.startswith("cuda") else torch.float32
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute)
 
 
 def load_4bit(source: str, device: str, token: str | None = None):
     """The one 4-bit path: ``source`` (a folder or a Hub id) quantized to nf4 by bitsandbytes on ``device``."""
-    kw = {"quantization_config": _bnb_config(device), "device_map": {"": device}}
+    config = _bnb_config(device)
+    dtype = config.bnb_4bit_compute_dtype  # the layers that stay unquantized (embeddings, norms, lm_head) too
+    kw = {"quantization_config": config, "device_map": {"": device}}
     if Path(source).is_dir():
         if Path(source) == _embedded_target():
-            return _load_embedded(device, None, **kw)
-        return _load_folder(Path(source), device, None, **kw)
-    return _load_hub(source, device, None, token, **kw)
+            return _load_embedded(device, dtype, **kw)
+        return _load_folder(Path(source), device, dtype, **kw)
+    return _load_hub(source, device, dtype, token, **kw)
 
 
 def _load_mistral_4bit(device: str, token: str | None):
@@ -337,4 +341,4 @@ def _load_mistral_4bit(device: str, token: str | None):
         warnings.warn(
             f"{MISTRAL_NAME} is gated: accept its terms on the Hub and set HF_TOKEN to use it "
             f"({e.__cause__}). Falling back to the ungated 4-bit build {MISTRAL_FALLBACK}.")
-        return _load_hub(MISTRAL_FALLBACK, device, None, token, device_map={"": device})
+        return _load_hub(MISTRAL_FALLBACK, device, gpu_half(), token, device_map={"": device})

@@ -199,3 +199,18 @@ def test_cached_embedded_model_matches_the_gguf(embedded):
         assert torch.equal(model(**ids).logits, ref(**ids).logits)
     assert model.dtype == torch.float32 and model.name_or_path == base.EMBEDDED_NAME
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
+
+
+@pytest.mark.parametrize("native_bf16,expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_4bit_compute_dtype_on_a_gpu(monkeypatch, native_bf16, expected):
+    """A T4 emulates bf16 (torch's default answer counts emulation): it must get fp16."""
+    asked = {}
+
+    def supported(including_emulation=True):
+        asked["including_emulation"] = including_emulation
+        return native_bf16 or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert base._bnb_config("cuda:0").bnb_4bit_compute_dtype == expected
+    assert asked == {"including_emulation": False}
+    assert base._bnb_config("cpu").bnb_4bit_compute_dtype == torch.float32

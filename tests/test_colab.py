@@ -4,10 +4,13 @@ import sys
 import types
 
 import pytest
+import torch
 
 import lora_helpers as lh
 from lora_helpers import colab
 from lora_helpers.course import demo
+
+import tiny
 
 
 def _fake_colab(monkeypatch, mount):
@@ -104,3 +107,33 @@ def test_embedded_base_gets_the_shipped_adapters(monkeypatch, tiny_model, tiny_t
     monkeypatch.delenv(demo.TRAIN_STEPS_ENV, raising=False)
     tiny_model.name_or_path = lh.base.EMBEDDED_NAME
     assert lh.demo_adapters(tiny_model, tiny_tokenizer) == lh.DEMO_ADAPTERS
+
+
+def test_demo_training_leaves_a_4bit_base_as_it_was_loaded(monkeypatch, tmp_path, tiny_tokenizer):
+    """QLoRA's preparation casts the unquantized layers to fp32 and turns on gradient checkpointing; once the
+    demo adapters are trained and taken out, the base is back to what load_base gave."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    src = tmp_path / "tiny"
+    tiny.make_model(tiny_tokenizer, hidden_size=64, intermediate_size=128).save_pretrained(src)
+    q = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16, device_map={"": "cpu"},
+                                             quantization_config=BitsAndBytesConfig(
+                                                 load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                 bnb_4bit_compute_dtype=torch.float32))
+    before = {n: p.dtype for n, p in q.named_parameters()}
+    assert torch.bfloat16 in before.values()
+    monkeypatch.setenv("LORA_SESSION_DIR", str(tmp_path / "session"))
+    monkeypatch.setenv(demo.TRAIN_STEPS_ENV, "1")
+    seen = {}
+    real = demo._train
+
+    def spy(model, *a, **kw):
+        trained = real(model, *a, **kw)
+        seen["fp32 while training"] = model.get_input_embeddings().weight.dtype == torch.float32
+        return trained
+
+    monkeypatch.setattr(demo, "_train", spy)
+    lh.demo_adapters(q, tiny_tokenizer, progress=False)
+    assert seen == {"fp32 while training": True}  # the preparation did run
+    assert {n: p.dtype for n, p in q.named_parameters()} == before
+    assert not q.is_gradient_checkpointing and not hasattr(q, "peft_config")

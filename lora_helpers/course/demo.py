@@ -52,6 +52,7 @@ def demo_adapters(model, tokenizer, where: str = "session", progress: bool = Tru
     missing = [n for n in NAMES if n not in sources]
     if not missing:
         return sources
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
     trained = _train(model, tokenizer, missing, forced, progress, drive=where == "drive")
     for name in missing:
         save_adapter(trained, name, where="session", path_or_repo=f"{slug}/lora_{name}")
@@ -62,8 +63,18 @@ def demo_adapters(model, tokenizer, where: str = "session", progress: bool = Tru
                 sources[name] = f"drive:{slug}/lora_{name}"
             except StorageError as e:
                 print(f"Адаптер {name} не сохранён на Drive ({e}); он есть в папке сессии.")
-    trained.unload()  # take the LoRA layers out of the base again
+    _restore(trained.unload(), dtypes)  # the LoRA layers out of the base again, and QLoRA's preparation undone
     return sources
+
+
+def _restore(base, dtypes: dict) -> None:
+    """Undo what ``prepare_model_for_kbit_training`` left on the base after training: the fp32 copies of its
+    unquantized layers (embeddings, norms, lm_head: ~0.5 GB more on a 7B model) and gradient checkpointing."""
+    for n, p in base.named_parameters():
+        if n in dtypes and p.dtype != dtypes[n]:
+            p.data = p.data.to(dtypes[n])
+    if getattr(base, "is_gradient_checkpointing", False):
+        base.gradient_checkpointing_disable()
 
 
 def _forced_steps() -> int | None:
