@@ -340,5 +340,6 @@ def _load_mistral_4bit(device: str, token: str | None):
             raise
         warnings.warn(
             f"{MISTRAL_NAME} is gated: accept its terms on the Hub and set HF_TOKEN to use it "
-            f"({e.__cause__}). Falling back to the ungated 4-bit build {MISTRAL_FALLBACK}.")
+            f"({str(e.__cause__).strip().splitlines()[0][:300]}). Falling back to the ungated 4-bit build "
+            f"{MISTRAL_FALLBACK}.")
         return _load_hub(MISTRAL_FALLBACK, device, gpu_half(), token, device_map={"": device})
