@@ -103,8 +103,9 @@ def _refuse_peft_base(names) -> None:
 def route_and_generate(model, tokenizer, prompts, router, max_new_tokens: int = 128, fallback: str = BASE, **kw):
     """Route each prompt with ``router`` and answer all of them in one mixed-adapter batch.
 
-    Returns a list of ``(adapter, reply)`` (one pair for a single str prompt). A route naming an adapter that is not loaded falls back to
-    ``fallback`` ("base" by default) with a warning, so a router never breaks generation.
+    Returns a list of ``(adapter, reply)`` (one pair for a single str prompt). A route naming an adapter that
+    is not loaded falls back to ``fallback`` ("base" by default) with a warning, so a router never breaks
+    generation.
     """
     single = isinstance(prompts, str)
     prompts = [prompts] if single else list(prompts)
