@@ -13,6 +13,8 @@ import re
 import numpy as np
 
 from .course.demo_data import DATA_DIR  # the shipped labelled prompts
+from .names import PEFT_BASE
+
 _SPACES = re.compile(r"\s+")
 _TOKEN = re.compile(r"\w+|[^\w\s]")   # words, and each punctuation mark on its own
 
@@ -64,7 +66,7 @@ def hidden_state_features(model, tokenizer, texts: list[str], layer: int | None 
                 kwargs = dict(input_ids=input_ids, attention_mask=mask, output_hidden_states=True,
                               logits_to_keep=1)
                 if isinstance(model, PeftModel):
-                    kwargs["adapter_names"] = ["__base__"] * len(chunk)
+                    kwargs["adapter_names"] = [PEFT_BASE] * len(chunk)
                 states = model(**kwargs).hidden_states
                 hidden = states[round(0.8 * (len(states) - 1)) if layer is None else layer].float()
                 m = mask.unsqueeze(-1).to(hidden.dtype)

@@ -19,7 +19,7 @@ from . import tables
 from .errors import AdapterError, AdapterExistsError, AdapterFileError, BaseMismatchError
 from .names import BASE, check_name
 from .storage import AdapterFiles, inspect_adapter, resolve_adapter
-from .switching import SwitchState, active_adapter, adapters_disabled, loaded_zero, switch, warn_zero
+from .switching import SwitchState, active_adapter, loaded_zero, switch, warn_zero
 
 __all__ = ["active_adapter", "check_compatible", "list_adapters", "load_adapters", "switch"]
 
@@ -143,11 +143,12 @@ class _Snapshot:
         self.base = model.base_model.model if self.peft else model
         self.modules = list(self.base.modules())  # strong references keep the ids unique
         self.ids = {id(m) for m in self.modules}
-        self.grads = {n: p.requires_grad for n, p in self.base.named_parameters()}
+        params = dict(self.base.named_parameters())
+        self.grads = {n: p.requires_grad for n, p in params.items()}
         self.training = {n: m.training for n, m in self.base.named_modules()}
         self.had_cfg = hasattr(self.base, "peft_config")
         self.tp = getattr(getattr(self.base, "config", None), "pretraining_tp", None)
-        params = dict(self.base.named_parameters())  # base tensors an opted-in file will overwrite
+        # base tensors an opted-in file will overwrite
         self.tensors = {k: params[k].detach().clone() for k in overwritten if k in params}
         if self.peft is not None:
             self.cfgs = dict(model.peft_config)
@@ -200,11 +201,11 @@ class _Snapshot:
             p.peft_config.clear()
             p.peft_config.update(order)
             self.switch.restore(p)
-        for n, prm in base.named_parameters():
+        params = dict(base.named_parameters())
+        for n, prm in params.items():
             prm.requires_grad_(self.grads.get(n, prm.requires_grad))
         for n, m in base.named_modules():
             m.training = self.training.get(n, m.training)
-        params = dict(base.named_parameters())
         with torch.no_grad():
             for k, saved in self.tensors.items():
                 params[k].copy_(saved)
@@ -262,7 +263,7 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
     snap = _Snapshot(model, [n for n, _ in plans if n in loaded], overwritten)
     was_peft = isinstance(model, PeftModel)  # (PEFT keeps the wrapper when every adapter was deleted)
     before = list(model.base_model.active_adapters) if was_peft else []
-    off = was_peft and adapters_disabled(model)
+    off = was_peft and snap.switch.off  # recorded by the snapshot just now
     try:
         for name, files in plans:
             if not isinstance(model, PeftModel):

@@ -6,10 +6,8 @@ import warnings
 import torch
 
 from .errors import AdapterError, PromptError
-from .names import BASE
+from .names import BASE, PEFT_BASE
 from .switching import temporary_switch
-
-PEFT_BASE = "__base__"  # PEFT's name for it in ``adapter_names``
 
 
 def check_prompt(text) -> str:
@@ -96,8 +94,6 @@ def _refuse_peft_base(names) -> None:
         raise AdapterError(f"adapter= names {PEFT_BASE!r}, which PEFT reserves for 'no adapter' in a mixed batch, "
                            f"so it would silently run the base model. Use {BASE!r} for the base, or rename the "
                            "adapter (letters, digits, '_' and '-').")
-
-
 
 
 def route_and_generate(model, tokenizer, prompts, router, max_new_tokens: int = 128, fallback: str = BASE, **kw):

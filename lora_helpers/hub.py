@@ -78,19 +78,20 @@ def _chain(e):
 
 def _hub_failure(e: BaseException, action: str, token) -> AdapterError:
     """What went wrong talking to the Hub, in words: a timeout, a cut connection, a server error."""
-    kinds = {c.__name__ for x in _chain(e) for c in type(x).__mro__}
-    status = next((getattr(getattr(x, "response", None), "status_code", None) for x in _chain(e)
+    chain = _chain(e)
+    kinds = {c.__name__ for x in chain for c in type(x).__mro__}
+    status = next((getattr(getattr(x, "response", None), "status_code", None) for x in chain
                    if getattr(getattr(x, "response", None), "status_code", None)), None)
     hub = _endpoint() or "huggingface.co"
     if kinds & {"TimeoutException", "TimeoutError"}:
         why = f"the Hub at {hub} did not answer in time. Check your connection and try again"
     elif kinds & {"TransportError", "ConnectionError"} and "OfflineModeIsEnabled" not in kinds:
-        why = (f"the connection to the Hub at {hub} failed or was cut ({type(_chain(e)[-1]).__name__}). Check "
+        why = (f"the connection to the Hub at {hub} failed or was cut ({type(chain[-1]).__name__}). Check "
                "your connection and try again")
     elif isinstance(status, int) and status >= 500:
         why = f"the Hub server failed (HTTP {status}); that is on its side: try again in a few minutes"
     elif isinstance(status, int):
-        said = next((getattr(x, "server_message", None) for x in _chain(e) if getattr(x, "server_message", None)),
+        said = next((getattr(x, "server_message", None) for x in chain if getattr(x, "server_message", None)),
                     None) or str(e).splitlines()[0]
         why = f"the Hub refused it (HTTP {status}: {said}). Check the name, and HF_TOKEN for a private repository"
     elif isinstance(e, OSError) and e.errno is not None:

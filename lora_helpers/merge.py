@@ -116,7 +116,8 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
     _check_target(out, overwrite)
     base = model.get_base_model()
     quantized = is_quantized(base)
-    dtype = _as_dtype(dtype) or (_compute_dtype(base) if quantized else base.dtype)
+    native = _compute_dtype(base) if quantized else base.dtype  # what the live model computes in
+    dtype = _as_dtype(dtype) or native
     if tolerance is None:
         tolerance = max(TOLERANCE[dtype], TOLERANCE_4BIT) if quantized else TOLERANCE[dtype]
     tolerance = float(tolerance)
@@ -142,7 +143,7 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
             seconds = time.perf_counter() - start
             vstart, diff, checked = time.perf_counter(), None, 0
             if how == "logits":
-                diff = _verify_logits(tmp, probe, ref, model.device, _compute_dtype(base) if quantized else base.dtype)
+                diff = _verify_logits(tmp, probe, ref, model.device, native)
             elif how == "tensors":
                 checked = _verify_tensors(model, name, tmp, dtype)
             report = MergeReport(str(out), name, str(base.name_or_path), str(dtype).split(".")[-1], diff, tolerance,

@@ -6,8 +6,9 @@ import re
 from .errors import AdapterError
 
 BASE = "base"  # the name of "no adapter": switch(model, BASE) runs the plain base model
+PEFT_BASE = "__base__"  # PEFT's own name for it in a mixed batch's ``adapter_names``
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
-_RESERVED = {BASE, "__base__"}
+_RESERVED = {BASE, PEFT_BASE}
 
 
 def check_name(name, what: str = "an adapter") -> str:

@@ -40,13 +40,13 @@ def peft_tested(version: str) -> bool:
 TESTED_PEFT = peft_tested(peft.__version__)
 
 
-def _adapter_modules(model) -> list:
-    return [m for m in model.modules() if isinstance(m, _ADAPTER_MODULES)]
+def _adapter_modules(model):
+    return (m for m in model.modules() if isinstance(m, _ADAPTER_MODULES))
 
 
 def adapters_disabled(model) -> bool:
     """True when any adapter layer is switched off ("base", ``disable_adapter_layers``, ``disable_adapter()``)."""
-    return any(m.disable_adapters for m in model.modules() if isinstance(m, _ADAPTER_MODULES))
+    return any(m.disable_adapters for m in _adapter_modules(model))
 
 
 def _not_loaded(model, name) -> AdapterNotFoundError:

@@ -70,8 +70,8 @@ def mistral_estimate() -> dict:
     """Extra RAM for merging Mistral-7B from its 4-bit weights on a T4: one shard being filled (the default,
     a quarter of the merged model up to 2 GiB), plus the biggest transient (a dequantized fp32 MLP weight and
     its delta, or the fp32 embedding before its cast)."""
-    from lora_helpers.merge import SHARD_RANGE
-    shard = min(MISTRAL["fp16_bytes"] / 4, SHARD_RANGE[1])
+    from lora_helpers.merge import _shard_bytes
+    shard = _shard_bytes(None, MISTRAL["fp16_bytes"])  # merge_and_save's own default
     transient = max(2 * MISTRAL["mlp"] * 4, MISTRAL["embed"] * 4)
     lh_bytes = shard + transient
     peft_bytes = MISTRAL["fp16_bytes"]  # a full fp16 copy to merge into (the old reload path)

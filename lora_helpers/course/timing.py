@@ -2,7 +2,7 @@
 
 * :func:`time_calls` — every wall time of ``repeat`` calls (optionally each on a fresh ``setup()`` value),
   and what the last call returned;
-* :func:`median_time` — their median (``lh.median_time``), :func:`best_time` — their minimum;
+* :func:`median_time` — their median (``lh.median_time``);
 * :func:`tokens_per_second` — greedy generation speed of several models on one prompt.
 """
 from __future__ import annotations
@@ -50,12 +50,6 @@ def time_calls(fn, repeat: int = 5, warmup: int = 0, setup=None) -> Timings:
 def median_time(fn, repeat: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds, after ``warmup`` untimed calls."""
     return time_calls(fn, repeat, warmup).median
-
-
-def best_time(fn, repeat: int = 5, warmup: int = 1) -> float:
-    """Fastest wall time of ``fn()`` in seconds, after ``warmup`` untimed calls (the least disturbed run on a
-    busy machine)."""
-    return time_calls(fn, repeat, warmup).best
 
 
 def tokens_per_second(cases: dict, tokenizer, prompt: str, max_new_tokens: int = 32, repeat: int = 3) -> dict:
