@@ -112,14 +112,7 @@ def test_embedded_base_gets_the_shipped_adapters(monkeypatch, tiny_model, tiny_t
 def test_demo_training_leaves_a_4bit_base_as_it_was_loaded(monkeypatch, tmp_path, tiny_tokenizer):
     """QLoRA's preparation casts the unquantized layers to fp32 and turns on gradient checkpointing; once the
     demo adapters are trained and taken out, the base is back to what load_base gave."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    src = tmp_path / "tiny"
-    tiny.make_model(tiny_tokenizer, hidden_size=64, intermediate_size=128).save_pretrained(src)
-    q = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16, device_map={"": "cpu"},
-                                             quantization_config=BitsAndBytesConfig(
-                                                 load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                 bnb_4bit_compute_dtype=torch.float32))
+    q = tiny.make_4bit(tiny_tokenizer, tmp_path / "tiny", dtype=torch.bfloat16)
     before = {n: p.dtype for n, p in q.named_parameters()}
     assert torch.bfloat16 in before.values()
     monkeypatch.setenv("LORA_SESSION_DIR", str(tmp_path / "session"))

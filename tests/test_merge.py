@@ -327,11 +327,7 @@ def test_interrupt_during_the_write_keeps_the_previous_folder(two, tmp_path, mon
 @pytest.fixture
 def four_bit(tiny_tokenizer, tmp_path):
     """The tiny Mistral quantized to nf4 by bitsandbytes on the CPU, with two adapters ("json" active)."""
-    from transformers import BitsAndBytesConfig
-    src = tmp_path / "tiny"
-    tiny.make_model(tiny_tokenizer, hidden_size=64, intermediate_size=128).save_pretrained(src)
-    q = AutoModelForCausalLM.from_pretrained(src, quantization_config=BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32), device_map={"": "cpu"})
+    q = tiny.make_4bit(tiny_tokenizer, tmp_path / "tiny")
     torch.manual_seed(1)
     model = get_peft_model(q, _lora(), adapter_name="json")
     model.add_adapter("coding", _lora(targets=["q_proj", "v_proj"]))

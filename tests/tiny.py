@@ -50,6 +50,18 @@ def make_model(tok: PreTrainedTokenizerFast, seed: int = 0, **overrides) -> Mist
     return model
 
 
+def make_4bit(tok: PreTrainedTokenizerFast, folder, dtype=None):
+    """The tiny Mistral (hidden 64, so bitsandbytes can quantize it) in nf4 on the CPU, loaded from ``folder``
+    where it is saved first; ``dtype``: of the layers that stay unquantized (embeddings, norms, lm_head)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    make_model(tok, hidden_size=64, intermediate_size=128).save_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map={"": "cpu"},
+                                                quantization_config=BitsAndBytesConfig(
+                                                    load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                    bnb_4bit_compute_dtype=torch.float32))
+
+
 def save_lora(folder, tok, seed: int, **lora_kw):
     """Save a PEFT LoRA adapter for the tiny model to ``folder`` and return it.
 
