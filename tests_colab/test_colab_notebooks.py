@@ -25,8 +25,20 @@ import notebooks_for_base  # noqa: E402
 CLONE = Path("/content/lora-adapters-course")
 DRIVE = Path("/content/drive")  # where Colab mounts Google Drive; a declined mount must leave nothing there
 READ_ONLY_TOKEN = "hf_" + "ReadOnly" * 5  # token-shaped; the stand-in Hub refuses every write made with it
-COLAB_VERSIONS = {"torch": "2.11.0", "transformers": "5.15.0", "peft": "0.20.0", "ipywidgets": "7.7.1",
-                  "scikit-learn": "1.6.1"}
+
+
+def _colab_pins(names) -> dict:
+    """The versions requirements-colab.txt (which builds .venv-colab) pins for ``names``: Colab's own."""
+    pins = {}
+    for line in (ROOT / "requirements-colab.txt").read_text().splitlines():
+        spec = line.split("#")[0].strip()
+        if "==" in spec:
+            name, version = spec.split("==")
+            pins[name] = version
+    return {n: pins[n] for n in names}
+
+
+COLAB_VERSIONS = _colab_pins(["torch", "transformers", "peft", "ipywidgets", "scikit-learn"])
 
 
 class _ReadOnlyHub(BaseHTTPRequestHandler):
@@ -129,3 +141,19 @@ def test_notebook_runs_with_defaults(colab_runtime, monkeypatch, name):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("FAKE_COLAB_SECRETS", raising=False)
     _run(notebooks_for_base.prepare(work / "defaults", names=[name])[0])
+
+
+@pytest.mark.parametrize("name", notebooks_for_base.NOTEBOOKS)
+def test_notebook_on_the_4bit_base(colab_runtime, monkeypatch, name):
+    """The T4 path on Colab's versions: the embedded base in nf4 (bitsandbytes, as the install cell puts it
+    there), demo adapters trained on the spot with QLoRA (2 steps) by 01 and reused by 02 and 03."""
+    work, _ = colab_runtime
+    monkeypatch.setenv("LORA_HELPERS_BASE", "smollm2-135m-4bit")
+    monkeypatch.setenv("LORA_HELPERS_DEMO_TRAIN", "2")
+    monkeypatch.setenv("LORA_SESSION_DIR", str(work / "session-4bit"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("FAKE_COLAB_SECRETS", raising=False)
+    text = _run(notebooks_for_base.prepare(work / "4bit", names=[name])[0])  # raises if any cell fails
+    trained = "обучаю их сейчас" in text
+    assert trained == (name == notebooks_for_base.NOTEBOOKS[0]), "01 trains the adapters, 02 and 03 reuse them"
+
