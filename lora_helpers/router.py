@@ -69,9 +69,10 @@ def _check_text(text) -> str:
 
 
 def _pairs(labelled) -> list[tuple[str, str]]:
-    """(text, route) pairs from ``{route: [texts]}``, dicts with "text"/"route", or (text, route) tuples."""
-    if isinstance(labelled, Mapping):
-        return [(t, r) for r, texts in labelled.items() for t in texts]
+    """(text, route) pairs from ``{route: [texts]}`` (or ``{route: text}``), dicts with "text"/"route", or
+    (text, route) tuples."""
+    if isinstance(labelled, Mapping):  # a lone string is one text, not a list of characters
+        return [(t, r) for r, texts in labelled.items() for t in ([texts] if isinstance(texts, str) else texts)]
     pairs = [(x["text"], x["route"]) if isinstance(x, Mapping) else tuple(x) for x in labelled]
     if not pairs:
         raise AdapterError("The labelled set is empty; expected (text, route) pairs or {route: [texts]}.")

@@ -231,6 +231,8 @@ def test_evaluate_router_takes_pairs_and_dicts(keyword):
     acc, conf = lh.evaluate_router(keyword, [("Верни JSON", "json"), ("Привет", "coding")])
     assert acc == 0.5 and conf.mistakes == [("Привет", "coding", "support")]
     assert lh.evaluate_router(keyword, {"json": ["Верни JSON"]})[0] == 1.0
+    acc, conf = lh.evaluate_router(keyword, {"json": "Верни JSON", "coding": "Привет"})  # one text, not letters
+    assert acc == 0.5 and int(conf.matrix.sum()) == 2
 
 
 def test_keyword_router_honest_score(keyword):

@@ -7,10 +7,10 @@ The learner's own scenarios: ``check_router(fn, examples={"route": [prompts], ..
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import AdapterError
+from ..router import _pairs as router_pairs
 
 THRESHOLD = 0.8  # 15 of the 18 shipped prompts
 
@@ -83,11 +83,10 @@ class RouterCheck:
 def _pairs(examples) -> list[tuple[str, str]]:
     if examples is None:
         return list(EXERCISE_SET)
-    if isinstance(examples, Mapping):
-        pairs = [(t, r) for r, texts in examples.items()
-                 for t in ([texts] if isinstance(texts, str) else texts)]
-    else:
-        pairs = [tuple(x) for x in examples]
+    try:
+        pairs = router_pairs(examples)
+    except AdapterError:  # an empty set: the message below says what is expected
+        pairs = []
     if not pairs or not all(len(p) == 2 and all(isinstance(s, str) and s.strip() for s in p) for p in pairs):
         raise AdapterError(f"examples must be {{route: [prompts]}} or (prompt, route) pairs of non-empty strings, "
                            f"got {examples!r:.200}. Example: {{'json': ['Верни JSON'], 'coding': ['Напиши код']}}.")
