@@ -4,16 +4,19 @@ Every message says what was found, what was expected and how to fix it.
 """
 
 
-class AdapterError(Exception):
-    """Base of every error this package raises on bad input."""
+class AdapterError(ValueError):
+    """Base of every error this package raises on bad input.
+
+    A ``ValueError``, as PEFT's own errors for bad input are, so ``except ValueError`` written for PEFT code
+    catches it too."""
 
 
 class BaseModelError(AdapterError):
     """The base model cannot be loaded (unknown preset, missing package, no GPU, gated repo)."""
 
 
-class AdapterNotFoundError(AdapterError):
-    """An adapter folder, file, Hub repo or loaded name does not exist."""
+class AdapterNotFoundError(AdapterError, LookupError):
+    """An adapter folder, file, Hub repo or loaded name does not exist (also a ``LookupError``)."""
 
 
 class AdapterFileError(AdapterError):
@@ -28,7 +31,7 @@ class AdapterExistsError(AdapterError):
     """A name or folder is already taken and replace/overwrite was not asked for."""
 
 
-class PromptError(AdapterError, ValueError):
+class PromptError(AdapterError):
     """A prompt is empty, not a string, or longer than the context window."""
 
 
@@ -36,9 +39,10 @@ class MergeError(AdapterError):
     """Merging or combining adapters failed, or the merged model does not match the adapter."""
 
 
-class StorageError(AdapterError):
+class StorageError(AdapterError, OSError):
     """Saving or fetching an adapter (session, Drive, Hub) failed: a full or read-only disk, a target that
-    holds something the package did not write, a Hub that timed out, cut the connection or failed."""
+    holds something the package did not write, a Hub that timed out, cut the connection or failed
+    (also an ``OSError``, as file and network failures are)."""
 
 
 class ServeError(AdapterError):

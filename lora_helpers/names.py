@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import AdapterError
+from .errors import AdapterError, AdapterNotFoundError
 
 BASE = "base"  # the name of "no adapter": switch(model, BASE) runs the plain base model
 PEFT_BASE = "__base__"  # PEFT's own name for it in a mixed batch's ``adapter_names``
@@ -25,3 +25,23 @@ def check_name(name, what: str = "an adapter") -> str:
             f"not starting with '-', not part of 'lora_', and not {BASE!r} or '__base__' ({BASE!r} means "
             "'no adapter'). Example: 'json'.")
     return name
+
+
+def loaded_names(model) -> list[str]:
+    """The adapters loaded on ``model``, in PEFT's order ([] for a plain transformers model)."""
+    return list(getattr(model, "peft_config", None) or {})
+
+
+def require_loaded(model, names, allow_base: bool = False) -> list[str]:
+    """Return ``names`` (one name or a list) as a list when each is loaded on ``model``, else raise
+    AdapterNotFoundError naming the missing ones and the loaded ones. ``allow_base`` accepts "base" too."""
+    wanted = [names] if isinstance(names, str) else list(names)
+    loaded = loaded_names(model)
+    missing = [n for n in wanted if not (isinstance(n, str) and (n in loaded or (allow_base and n == BASE)))]
+    if missing:
+        shown = ", ".join(repr(n) for n in dict.fromkeys(map(str, missing)))
+        extra = f" (or {BASE!r} for none)" if allow_base else ""
+        raise AdapterNotFoundError(
+            f"No adapter named {shown} is loaded; loaded: {', '.join(loaded) or 'none'}{extra}. "
+            "Check the spelling or load it first: model = lh.load_adapters(model, {name: source}).")
+    return wanted

@@ -79,6 +79,53 @@ def _pairs(labelled) -> list[tuple[str, str]]:
     return pairs
 
 
+class FunctionRouter:
+    """A plain ``str -> str`` function as a router: ``route`` calls it, ``explain`` names it."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.name = getattr(fn, "__name__", type(fn).__name__)
+
+    def route(self, text: str) -> str:
+        """The function's route name for ``text`` (checked to be a non-empty str)."""
+        name = self.fn(_check_text(text))
+        if not isinstance(name, str) or not name:
+            raise AdapterError(f"The router function {self.name!r} returned {name!r} for {text!r:.40}; "
+                               "expected the name of an adapter (a non-empty str), e.g. 'json' or 'base'.")
+        return name
+
+    def explain(self, text: str) -> str:
+        return f"{self.route(text)} — так решила функция {self.name}()"
+
+    def __repr__(self) -> str:
+        return f"FunctionRouter({self.name})"
+
+
+def as_router(router):
+    """``router`` itself when it has ``route`` (and ``explain``, optional); a plain ``str -> str`` function
+    wrapped as a :class:`FunctionRouter`. Anything else raises AdapterError."""
+    if hasattr(router, "route"):
+        return router if hasattr(router, "explain") else _Explained(router)
+    if callable(router):
+        return FunctionRouter(router)
+    raise AdapterError(f"{router!r:.60} is not a router: expected an object with .route(text) -> str "
+                       "(e.g. lh.make_router('keyword')) or a function text -> adapter name.")
+
+
+class _Explained:
+    """A router without ``explain``: the explanation is just its route."""
+
+    def __init__(self, router):
+        self.router = router
+        self.routes = getattr(router, "routes", [])
+
+    def route(self, text: str) -> str:
+        return self.router.route(text)
+
+    def explain(self, text: str) -> str:
+        return self.router.route(text)
+
+
 class _Router:
     """``route`` and ``explain`` from the subclass's ``_decide(text) -> (route, one-line reason)``."""
 
@@ -279,11 +326,13 @@ class Confusion:
 
 
 def evaluate_router(router, labelled=None) -> tuple[float, Confusion]:
-    """Route every labelled prompt; return ``(accuracy, Confusion)``.
+    """Route every labelled prompt with ``router`` (a router object or a plain ``str -> str`` function);
+    return ``(accuracy, Confusion)``.
 
     ``labelled``: ``{route: [texts]}``, dicts with "text"/"route", or (text, route) pairs;
     ``None`` uses the shipped EN+RU evaluation set ``router_eval.jsonl``.
     """
+    router = as_router(router)
     pairs = _pairs(load_labelled("router_eval") if labelled is None else labelled)
     predicted = [router.route(t) for t, _ in pairs]
     truth = [r for _, r in pairs]

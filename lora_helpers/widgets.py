@@ -10,7 +10,7 @@ from html import escape
 import ipywidgets as widgets
 
 from .generate import generate
-from .names import BASE
+from .names import BASE, loaded_names
 
 AUTO = "auto (router)"  # dropdown value of the router mode; a space, so no adapter can have this name
 LABELS = {BASE: "base (без адаптера)", AUTO: "авто (роутер)"}
@@ -21,22 +21,24 @@ BUSY = "Генерирую…"
 class AdapterSwitcher(widgets.VBox):
     """Dropdown (adapters, "base", auto) + prompt + «Сгенерировать» button + status line + Output.
 
-    Picking an adapter switches the live model at once (``lh.switch``); in auto mode the router picks
-    the adapter from the prompt on each click. The button is disabled while a reply is generated, and
-    any error is shown in the Output (type and message) instead of being raised into the notebook.
-    ``last_adapter`` and ``last_reply`` keep the last successful run.
+    The PeftModel is the only record of which adapter runs: picking an adapter switches the live model at
+    once (``lh.switch``); a click generates with the adapter the model has active at that moment (also when
+    code switched it since) and labels the reply with it, and the dropdown follows. The options follow
+    ``model.peft_config`` on every click and pick (adapters loaded or deleted after the widget was shown).
+    In auto mode the router (a router object or a plain ``str -> str`` function) picks the adapter from the
+    prompt on each click. The button is disabled while a reply is generated, and any error is shown in the
+    Output (type and message) instead of being raised into the notebook. ``last_adapter`` and ``last_reply``
+    keep the last successful run.
     """
 
     def __init__(self, model, tokenizer, router=None, max_new_tokens: int = 96, prompt: str = ""):
-        from .adapters import active_adapter
+        from .router import as_router
 
-        self.model, self.tokenizer, self.router = model, tokenizer, router
+        self.model, self.tokenizer = model, tokenizer
+        self.router = None if router is None else as_router(router)
         self.max_new_tokens = max_new_tokens
-        names = list(getattr(model, "peft_config", {}) or {})
-        options = names + [BASE] + ([AUTO] if router is not None else [])
-        active = active_adapter(model)
-        self.dropdown = widgets.Dropdown(options=[(LABELS.get(o, o), o) for o in options],
-                                         value=active if active in options else None, description="Адаптер:")
+        self._syncing = False
+        self.dropdown = widgets.Dropdown(options=[], description="Адаптер:")
         self.prompt = widgets.Textarea(value=prompt, placeholder="Введите запрос…", description="Запрос:",
                                        layout=widgets.Layout(width="95%", height="80px"))
         self.button = widgets.Button(description=BUTTON, button_style="primary", icon="play")
@@ -44,10 +46,31 @@ class AdapterSwitcher(widgets.VBox):
         self.output = widgets.Output(layout=widgets.Layout(border="1px solid #ccc", min_height="40px"))
         self.last_adapter: str | None = None
         self.last_reply: str | None = None
+        self.refresh()
         self.dropdown.observe(self._on_pick, names="value")
         self.button.on_click(self._on_generate)
-        self._show_status(active if isinstance(active, str) else ", ".join(active))
         super().__init__([widgets.HBox([self.dropdown, self.button]), self.prompt, self.status, self.output])
+
+    def _active(self) -> str:
+        from .adapters import active_adapter
+
+        active = active_adapter(self.model)
+        return active if isinstance(active, str) else ", ".join(active)
+
+    def refresh(self, keep_auto: bool = False) -> None:
+        """Rebuild the options from ``model.peft_config`` and show the adapter the model runs now."""
+        options = loaded_names(self.model) + [BASE] + ([AUTO] if self.router is not None else [])
+        active = self._active()
+        value = AUTO if keep_auto and AUTO in options else active if active in options else None
+        self._syncing = True  # setting options/value here must not switch the model
+        try:
+            pairs = [(LABELS.get(o, o), o) for o in options]
+            if list(self.dropdown.options) != pairs:
+                self.dropdown.options = pairs
+            self.dropdown.value = value
+        finally:
+            self._syncing = False
+        self._show_status(active)
 
     def _show_status(self, name: str, note: str = "") -> None:
         self.status.value = f"<b>Активный адаптер:</b> <code>{escape(name)}</code> {escape(note)}".rstrip()
@@ -71,13 +94,14 @@ class AdapterSwitcher(widgets.VBox):
 
     def _on_pick(self, change) -> None:
         name = change["new"]
-        if name in (AUTO, None):
+        if self._syncing or name in (AUTO, None):
             return
         self._clear()
         try:
             self._switch(name)
         except Exception as e:  # a stale option (adapter deleted since) must not raise inside a callback
             self._show_error(e)
+            self.refresh()
             return
         self._show_status(name)
 
@@ -86,11 +110,13 @@ class AdapterSwitcher(widgets.VBox):
         self.button.disabled, self.button.description = True, BUSY
         text = self.prompt.value
         try:
-            name, note = self.dropdown.value, ""
-            if name == AUTO:
+            auto, note = self.dropdown.value == AUTO, ""
+            if auto:
                 name = self.router.route(text)
                 note = f"(роутер: {self.router.explain(text)})"
                 self._switch(name)
+            self.refresh(keep_auto=auto)  # the model, not the dropdown, says which adapter runs
+            name = self._active()
             self._show_status(name, note)
             reply = generate(self.model, self.tokenizer, text, max_new_tokens=self.max_new_tokens)
         except Exception as e:  # any error is shown to the learner, not raised into a callback nobody sees

@@ -274,3 +274,37 @@ def test_eval_kept_apart_from_examples():
 def test_default_rules_keep_the_cheat_sheet():
     assert {"json", "схем"} <= set(DEFAULT_RULES["json"]) and {"код", "bug"} <= set(DEFAULT_RULES["coding"])
     assert isinstance(lh.make_router(), KeywordRouter)
+
+
+def test_a_plain_function_is_a_router():
+    def by_word(text):
+        return "json" if "json" in text.lower() else "support"
+
+    acc, conf = lh.evaluate_router(by_word, {"json": ["Верни JSON", "json please"], "support": ["где заказ"]})
+    assert acc == 1.0 and conf.labels[:2] == ["json", "support"]
+    acc, conf = lh.evaluate_router(by_word, {"coding": ["fix the bug"]})
+    assert acc == 0.0 and conf.mistakes == [("fix the bug", "coding", "support")]
+
+
+def test_a_function_router_that_returns_no_name_is_a_clear_error():
+    with pytest.raises(lh.AdapterError, match="returned None"):
+        lh.evaluate_router(lambda text: None, {"json": ["x"]})
+    with pytest.raises(lh.AdapterError, match="not a router"):
+        lh.evaluate_router(42, {"json": ["x"]})
+
+
+def test_route_and_generate_takes_a_plain_function(tiny_model, tiny_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = dict(r=4, target_modules=["q_proj"], init_lora_weights=False)
+    model = get_peft_model(tiny_model, LoraConfig(**cfg), adapter_name="json").eval()
+    model.add_adapter("coding", LoraConfig(**cfg))
+
+    def pick(text):
+        return "coding" if "code" in text else "json"
+
+    prompts = ["fix code", "give data"]
+    pairs = lh.route_and_generate(model, tiny_tokenizer, prompts, pick, max_new_tokens=3)
+    assert [a for a, _ in pairs] == ["coding", "json"]
+    assert [r for _, r in pairs] == lh.generate(model, tiny_tokenizer, prompts, adapter=["coding", "json"],
+                                                max_new_tokens=3)

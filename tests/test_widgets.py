@@ -5,7 +5,6 @@ Runs on whatever ipywidgets is installed (8 in .venv; the same tests pass on 7.7
 import re
 from pathlib import Path
 
-import ipywidgets
 import pytest
 from peft import LoraConfig, get_peft_model
 
@@ -162,7 +161,6 @@ def test_only_apis_ipywidgets_7_has():
     source = Path(lw.__file__).read_text()
     for name in ("description_allow_html", "tabbable", "tooltip", "grid_", "TagsInput", "Stack(", "Datetime"):
         assert name not in source, name
-    assert int(ipywidgets.__version__.split(".")[0]) in (7, 8)
 
 
 def test_show_replies_and_plot_sizes():
@@ -172,3 +170,37 @@ def test_show_replies_and_plot_sizes():
     ax = lh.plot_sizes({"adapter": 2**20, "model": 2**29})
     assert [b.get_width() for b in ax.patches] == [1.0, 512.0]
     assert "МиБ" in ax.get_xlabel() and "MiB" not in ax.get_xlabel()
+
+
+def test_reply_is_labelled_with_the_adapter_the_model_runs_after_a_switch_in_code(two_adapters, tiny_tokenizer):
+    """The model is the only record: a switch made in code after the widget was shown wins over the dropdown."""
+    w = lh.adapter_switcher(two_adapters, tiny_tokenizer, max_new_tokens=3, prompt="hi")
+    w.dropdown.value = "json"
+    lh.switch(two_adapters, "coding")          # a later notebook cell
+    reply = w._on_generate()
+    assert output_text(w, "stdout").startswith("[coding]\n") and w.last_adapter == "coding"
+    assert w.dropdown.value == "coding" and "coding" in w.status.value
+    assert reply == lh.generate(two_adapters, tiny_tokenizer, "hi", adapter="coding", max_new_tokens=3)
+
+
+def test_options_follow_peft_config_after_load_and_delete(two_adapters, tiny_tokenizer):
+    w = lh.adapter_switcher(two_adapters, tiny_tokenizer, max_new_tokens=2, prompt="hi")
+    two_adapters.add_adapter("sql", LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    two_adapters.delete_adapter("coding")
+    w.button.click()
+    assert values(w.dropdown) == ["json", "sql", "base"]
+    w.dropdown.value = "sql"
+    assert lh.active_adapter(two_adapters) == "sql"
+
+
+def test_auto_mode_with_a_plain_function_router(two_adapters, tiny_tokenizer):
+    def by_word(text):
+        return "coding" if "code" in text else "json"
+
+    w = lh.adapter_switcher(two_adapters, tiny_tokenizer, router=by_word, max_new_tokens=2)
+    w.dropdown.value = lw.AUTO
+    w.prompt.value = "fix my code"
+    w.button.click()
+    assert output_text(w, "stdout").startswith("[coding]\n"), output_text(w)
+    assert "by_word" in w.status.value and w.dropdown.value == lw.AUTO
+    assert "Ошибка" not in output_text(w, "stderr")
