@@ -97,12 +97,16 @@ def _refuse_peft_base(names) -> None:
 
 
 def route_and_generate(model, tokenizer, prompts, router, max_new_tokens: int = 128, fallback: str = BASE, **kw):
-    """Route each prompt with ``router`` and answer all of them in one mixed-adapter batch.
+    """Route each prompt with ``router`` (a router object or a plain ``str -> str`` function) and answer all
+    of them in one mixed-adapter batch.
 
     Returns a list of ``(adapter, reply)`` (one pair for a single str prompt). A route naming an adapter that
     is not loaded falls back to ``fallback`` ("base" by default) with a warning, so a router never breaks
     generation.
     """
+    from .router import as_router  # router imports the text features; only this function needs it
+
+    router = as_router(router)
     single = isinstance(prompts, str)
     prompts = [prompts] if single else list(prompts)
     loaded = set(getattr(model, "peft_config", {}) or {})

@@ -158,6 +158,8 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
             (tmp / REPORT_NAME).write_text(json.dumps(asdict(report), indent=1))
             # the old folder survives an interrupt at any instant of the swap (folders.replace_folder)
             replace_folder(tmp, dest, check_old=lambda old: _check_target(old, overwrite))
+    except AdapterError:  # ours already (StorageError is an OSError too): keep its message
+        raise
     except (OSError, SafetensorError) as e:  # disk full, read-only folder, vanished folder
         raise MergeError(f"Writing the merged model for {dest} failed ({type(e).__name__}: {e}). Nothing changed "
                          f"at {out}; free disk space or choose a writable out_dir.") from e
