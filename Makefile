@@ -7,7 +7,7 @@ BUILD := build
 NOTEBOOKS := 01_load_switch_adapters.ipynb 02_merge_adapter.ipynb 03_router_demo.ipynb
 export TQDM_DISABLE ?= 1
 
-.PHONY: setup demo test test-unit test-notebooks test-4bit notebooks train evaluate bench clean serve-setup test-serve colab-setup test-colab
+.PHONY: setup demo test test-unit test-notebooks test-4bit test-wheel notebooks train evaluate bench clean serve-setup test-serve colab-setup test-colab
 
 setup: $(STAMP)
 
@@ -31,6 +31,17 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests --nbval-lax $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 	$(MAKE) --no-print-directory test-4bit
+	$(MAKE) --no-print-directory test-wheel
+
+# The package as a user installs it: build the wheel, install it (no deps: .venv has them) into a folder of
+# its own, and run tools/wheel_smoke.py from a folder outside the checkout, importing only that copy.
+WHEEL_SITE := $(abspath $(BUILD)/wheel-site)
+test-wheel: setup
+	rm -rf $(BUILD)/wheel $(WHEEL_SITE)
+	$(PY) -m pip wheel -q --no-deps -w $(BUILD)/wheel .
+	$(PY) -m pip install -q --no-deps --target $(WHEEL_SITE) $(BUILD)/wheel/lora_helpers-*.whl
+	tmp=$$(mktemp -d) && cd $$tmp && WHEEL_SITE=$(WHEEL_SITE) PYTHONPATH=$(WHEEL_SITE) \
+		$(abspath $(PY)) $(abspath tools/wheel_smoke.py); rc=$$?; rm -rf $$tmp; exit $$rc
 
 # The GPU branch on any machine: every notebook runs on the embedded base in bitsandbytes nf4 (the code path
 # of Mistral-7B on a T4) and trains its demo adapters on the spot (QLoRA, 2 steps each); outputs are compared
@@ -49,7 +60,7 @@ notebooks: setup
 	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 $(NOTEBOOKS)
 
 train: setup
-	$(PY) -m lora_helpers.train --all
+	$(PY) -m lora_helpers.course.train_demo --all
 
 evaluate: setup
 	$(PY) -m lora_helpers.course.evaluate

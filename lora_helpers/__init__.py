@@ -15,16 +15,15 @@ from .storage import find_token, resolve_adapter, save_adapter
 from .merge import MergeReport, merge_and_save
 from .combine import combine_adapters
 from .widgets import adapter_switcher, plot_sizes, show_replies
-# course tooling (lora_helpers.course): demo adapters and data, timing for the notebooks
-from .course.demo import demo_adapters, make_foreign_adapter
-from .course.demo_data import DEMO_ADAPTERS
-from .course.timing import median_time, tokens_per_second
+from .train import train_adapter
 from .router import KeywordRouter, SemanticRouter, evaluate_router, make_router
+from .shipped import DEMO_ADAPTERS
+from .timing import median_time, tokens_per_second
 
-# Modules that also run as scripts (python -m lora_helpers.train / .serve / .course.evaluate) are imported on
-# first use: importing them here would make runpy warn that the module was imported before it ran.
-_LAZY = {"RoutedClient": "serve", "shell_line": "serve", "vllm_command": "serve",
-         "train_adapter": "train", "evaluate_adapters": "course.evaluate"}
+# Modules that also run as scripts (python -m lora_helpers.serve) are imported on first use: importing them
+# here would make runpy warn that the module was imported before it ran. The course's own tooling (demo
+# adapters for other bases, evaluation, benchmarks) is in lora_helpers.course, which the core never imports.
+_LAZY = {"RoutedClient": "serve", "shell_line": "serve", "vllm_command": "serve"}
 
 
 def __getattr__(name):

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from .course.demo_data import DATA_DIR  # the shipped labelled prompts
+from .shipped import DATA_DIR  # the shipped labelled prompts
 from .names import PEFT_BASE
 
 _SPACES = re.compile(r"\s+")
@@ -78,7 +78,7 @@ def hidden_state_features(model, tokenizer, texts: list[str], layer: int | None 
 
 
 def load_labelled(name: str) -> list[dict]:
-    """Read ``lora_helpers/course/data/<name>.jsonl`` (e.g. ``"router_examples"``, ``"router_eval"``)."""
+    """Read ``lora_helpers/data/<name>.jsonl`` (e.g. ``"router_examples"``, ``"router_eval"``)."""
     path = DATA_DIR / f"{name}.jsonl"
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

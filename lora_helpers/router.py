@@ -5,7 +5,7 @@
   the lesson.
 * ``SemanticRouter`` (``make_router("classifier")``; ``"semantic"`` is the older name of the same kind) —
   a logistic-regression classifier (scikit-learn) trained at construction on labelled example prompts
-  (shipped in ``lora_helpers/course/data/router_examples.jsonl``) over character n-grams and keyword
+  (shipped in ``lora_helpers/data/router_examples.jsonl``) over character n-grams and keyword
   counts, optionally joined with the base model's own hidden states; no download. Unsure → keyword
   rules → default. On the shipped eval set (72 EN+RU prompts, half without any keyword): keyword 0.65,
   n-grams 0.96, n-grams + SmolLM2-135M hidden states 0.99.

@@ -195,7 +195,7 @@ def served_model_name(cmd) -> str:
 def main(argv=None) -> None:
     import argparse
 
-    from .course.demo_data import demo_sources
+    from .shipped import demo_sources
 
     p = argparse.ArgumentParser(description="Print the vLLM command that serves the demo adapters.")
     p.add_argument("--adapters", default=None, help="folder with lora_json/, lora_coding/, lora_support/")

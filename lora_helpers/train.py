@@ -1,4 +1,5 @@
-"""Train a LoRA adapter on (prompt, reply) pairs; ``python -m lora_helpers.train --all`` rebuilds the demo adapters.
+"""Train a LoRA adapter on (prompt, reply) pairs; ``python -m lora_helpers.course.train_demo --all``
+rebuilds the demo adapters with it.
 
 The loss counts only the assistant reply (and the end-of-turn token): the prompt, wrapped in the chat
 template exactly as :func:`lora_helpers.generate` wraps it, is masked out. The same function runs QLoRA
@@ -23,7 +24,7 @@ from .switching import switch
 
 IGNORE = -100
 
-# Recipes for the shipped demo adapters (python -m lora_helpers.train --all), chosen by held-out pass rate
+# Recipes for the shipped demo adapters (python -m lora_helpers.course.train_demo --all), chosen by held-out pass rate
 # within the ~15 min budget on 2 CPU cores; what was tried is in the README. json copies names and numbers
 # more faithfully with every linear layer adapted (9.8 MB); coding and support learn their form on q/v alone.
 RECIPES = {
@@ -158,7 +159,7 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
 
     check_name(name)
     if isinstance(examples, str):
-        from .course.demo_data import load_examples
+        from .shipped import load_examples
         examples = load_examples(examples)
     examples = list(examples)
     if not examples:
@@ -213,33 +214,3 @@ def save_adapter_folder(model, name: str, folder) -> Path:
     """
     from .storage import _write_local
     return _write_local(model, name, Path(folder), allow_pickle=False, card=False)
-
-
-def main(argv=None) -> None:
-    import argparse
-
-    from .base import EMBEDDED_NAME, load_base, setup
-    from .course.demo_data import BEHAVIOURS, demo_sources
-
-    p = argparse.ArgumentParser(description="Train the demo adapters (fixed seed) on the embedded SmolLM2 base.")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--all", action="store_true", help="train json, coding and support")
-    g.add_argument("--only", nargs="+", choices=BEHAVIOURS, help="train only these")
-    p.add_argument("--out", default="adapters", help="folder for lora_<name>/ (default: adapters)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    setup(args.seed)
-    t0 = time.perf_counter()
-    for name in (BEHAVIOURS if args.all else args.only):
-        model, tok = load_base("smollm2-135m")
-        if model.name_or_path != EMBEDDED_NAME:
-            raise AdapterError(f"Expected the embedded base {EMBEDDED_NAME}, got {model.name_or_path}.")
-        model = train_adapter(model, tok, name, name, seed=args.seed, **RECIPES[name])
-        out = save_adapter_folder(model, name, demo_sources(args.out)[name])
-        size = (out / "adapter_model.safetensors").stat().st_size / 2**20
-        print(f"[{name}] saved {out} ({size:.2f} MB)")
-    print(f"total {time.perf_counter() - t0:.0f} s")
-
-
-if __name__ == "__main__":
-    main()

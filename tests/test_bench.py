@@ -6,8 +6,9 @@ import itertools
 from peft import LoraConfig, get_peft_model
 
 import lora_helpers as lh
-from lora_helpers.course import bench, timing
-from lora_helpers.course.timing import Timings
+from lora_helpers import timing
+from lora_helpers.course import bench
+from lora_helpers.timing import Timings
 
 
 def peft_tiny(tiny_model, names=("json", "coding")):

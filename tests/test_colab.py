@@ -70,10 +70,10 @@ def test_demo_adapters_for_a_new_base_are_trained_once(monkeypatch, tmp_path, ti
     real = demo._train
     monkeypatch.setattr(demo, "_train", lambda model, tok, names, forced, progress, drive=False:
                         trained.append(list(names)) or real(model, tok, names, forced, progress, drive))
-    first = lh.demo_adapters(tiny_model, tiny_tokenizer, progress=False)
+    first = demo.demo_adapters(tiny_model, tiny_tokenizer, progress=False)
     assert trained == [["json", "coding", "support"]] and "обучаю их сейчас" in capsys.readouterr().out
     assert not hasattr(tiny_model, "peft_config")  # the base is left without adapters
-    second = lh.demo_adapters(tiny_model, tiny_tokenizer, progress=False)
+    second = demo.demo_adapters(tiny_model, tiny_tokenizer, progress=False)
     assert second == first and trained == [["json", "coding", "support"]]
     assert all(str(lh.resolve_adapter(s)).startswith(str(tmp_path / "session")) for s in second.values())
     model = lh.load_adapters(tiny_model, second)
@@ -85,28 +85,28 @@ def test_demo_adapters_on_drive_serve_the_next_notebook(monkeypatch, tmp_path, t
     monkeypatch.setenv("LORA_DRIVE_DIR", str(tmp_path / "drive"))
     monkeypatch.setenv("LORA_SESSION_DIR", str(tmp_path / "session-01"))
     monkeypatch.setenv(demo.TRAIN_STEPS_ENV, "1")
-    first = lh.demo_adapters(tiny_model, tiny_tokenizer, where="drive", progress=False)
+    first = demo.demo_adapters(tiny_model, tiny_tokenizer, where="drive", progress=False)
     out = capsys.readouterr().out
     assert "обучаю их сейчас" in out and "сохранятся на Drive" in out and "отметьте USE_DRIVE" not in out
     assert all(s.startswith("drive:") for s in first.values())
     monkeypatch.setenv("LORA_SESSION_DIR", str(tmp_path / "session-02"))  # the next notebook's runtime
     monkeypatch.setattr(demo, "_train", lambda *a, **k: pytest.fail("trained again although Drive has them"))
-    assert lh.demo_adapters(tiny_model, tiny_tokenizer, where="drive", progress=False) == first
+    assert demo.demo_adapters(tiny_model, tiny_tokenizer, where="drive", progress=False) == first
     assert not (tmp_path / "session-02").exists()
 
 
 def test_demo_training_steps_variable_is_checked(monkeypatch, tiny_model, tiny_tokenizer):
     monkeypatch.setenv(demo.TRAIN_STEPS_ENV, "a few")
     with pytest.raises(lh.AdapterError, match="positive number"):
-        lh.demo_adapters(tiny_model, tiny_tokenizer)
+        demo.demo_adapters(tiny_model, tiny_tokenizer)
     with pytest.raises(lh.AdapterError, match="'session' or 'drive'"):
-        lh.demo_adapters(tiny_model, tiny_tokenizer, where="hub")
+        demo.demo_adapters(tiny_model, tiny_tokenizer, where="hub")
 
 
 def test_embedded_base_gets_the_shipped_adapters(monkeypatch, tiny_model, tiny_tokenizer):
     monkeypatch.delenv(demo.TRAIN_STEPS_ENV, raising=False)
     tiny_model.name_or_path = lh.base.EMBEDDED_NAME
-    assert lh.demo_adapters(tiny_model, tiny_tokenizer) == lh.DEMO_ADAPTERS
+    assert demo.demo_adapters(tiny_model, tiny_tokenizer) == lh.DEMO_ADAPTERS
 
 
 def test_demo_training_leaves_a_4bit_base_as_it_was_loaded(monkeypatch, tmp_path, tiny_tokenizer):
@@ -126,7 +126,7 @@ def test_demo_training_leaves_a_4bit_base_as_it_was_loaded(monkeypatch, tmp_path
         return trained
 
     monkeypatch.setattr(demo, "_train", spy)
-    lh.demo_adapters(q, tiny_tokenizer, progress=False)
+    demo.demo_adapters(q, tiny_tokenizer, progress=False)
     assert seen == {"fp32 while training": True}  # the preparation did run
     assert {n: p.dtype for n, p in q.named_parameters()} == before
     assert not q.is_gradient_checkpointing and not hasattr(q, "peft_config")

@@ -6,7 +6,7 @@ import pytest
 
 import lora_helpers as lh
 from lora_helpers.course import exercises as ex
-from lora_helpers.course.demo_data import DATA_DIR
+from lora_helpers.shipped import DATA_DIR
 
 
 def cheat_sheet_router(text: str) -> str:

@@ -8,7 +8,7 @@ import lora_helpers as lh
 
 
 def test_lazy_exports_resolve():
-    for name in ("train_adapter", "evaluate_adapters", "vllm_command", "RoutedClient", "shell_line"):
+    for name in ("train_adapter", "vllm_command", "RoutedClient", "shell_line"):
         assert callable(getattr(lh, name)) and name in dir(lh)
     from lora_helpers import train_adapter
     from lora_helpers.train import train_adapter as direct
@@ -17,7 +17,7 @@ def test_lazy_exports_resolve():
         lh.no_such_thing
 
 
-@pytest.mark.parametrize("module", ["train", "serve", "course.evaluate", "course.bench", "course.serve_local"])
+@pytest.mark.parametrize("module", ["course.train_demo", "serve", "course.evaluate", "course.bench", "course.serve_local"])
 def test_modules_run_as_scripts_without_warnings(module):
     r = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", f"lora_helpers.{module}", "--help"],
                        capture_output=True, text=True, timeout=120)
@@ -37,6 +37,26 @@ def _imports(path, package_parts):
             else:
                 found.update(".".join(base + [a.name]) for a in node.names)
     return found
+
+
+def test_the_core_imports_nothing_from_course():
+    """The wheel's core works without the course tooling: no module outside lora_helpers/course imports it,
+    not even inside a function."""
+    import ast
+    from pathlib import Path
+    root = Path(lh.__file__).parent
+    offenders = []
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] + [a.name for a in node.names] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n == "course" or n.startswith("course.") or "lora_helpers.course" in n for n in names):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
+    r = subprocess.run([sys.executable, "-c", "import sys, lora_helpers as lh; lh.make_router('classifier'); "
+                        "print(sorted(m for m in sys.modules if m.startswith('lora_helpers.course')))"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]
 
 
 def test_no_import_cycles():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lora_helpers.course.demo_data import BEHAVIOURS, load_examples
+from lora_helpers.shipped import BEHAVIOURS, load_examples
 from lora_helpers.errors import AdapterExistsError
 from lora_helpers.course.evaluate import CHECKS, check_coding, check_json, check_support, run_snippet, to_markdown
 from lora_helpers.generate import chat_text

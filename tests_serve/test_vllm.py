@@ -18,7 +18,7 @@ import torch
 import lora_helpers as lh
 from lora_helpers import serve
 from lora_helpers.course import serve_local
-from lora_helpers.course.demo_data import BEHAVIOURS, demo_sources, load_examples
+from lora_helpers.shipped import BEHAVIOURS, demo_sources, load_examples
 from lora_helpers.errors import AdapterNotServedError
 from lora_helpers.course.evaluate import CHECKS, MAX_NEW_TOKENS
 

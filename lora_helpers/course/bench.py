@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..tables import markdown
-from .timing import time_calls, tokens_per_second
+from ..timing import time_calls, tokens_per_second
 
 MIXED_PROMPTS = [
     "Extract the name and city as JSON: Olga lives in Samara.",
@@ -247,7 +247,7 @@ def plot(r: dict, path: Path) -> None:
 
 def run_all(scale=(1, 4, 16, 64)) -> dict:
     from ..adapters import load_adapters
-    from .demo_data import DEMO_ADAPTERS
+    from ..shipped import DEMO_ADAPTERS
     from ..base import load_base, setup
     from ..merge import merge_and_save
     from ..router import make_router

@@ -22,7 +22,7 @@ _CHILD = r"""
 import gc, json, sys, tempfile, threading, time, copy
 import psutil, torch
 import lora_helpers as lh
-from lora_helpers.course.demo_data import DEMO_ADAPTERS
+from lora_helpers.shipped import DEMO_ADAPTERS
 way, preset, adapter, shard = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 lh.setup()
 model, tok = lh.load_base(preset)
@@ -84,7 +84,7 @@ def tolerance_4bit(adapters=("json", "coding", "support")) -> list[dict]:
 
     import lora_helpers as lh
     from lora_helpers import merge as M
-    from lora_helpers.course.demo_data import DEMO_ADAPTERS
+    from lora_helpers.shipped import DEMO_ADAPTERS
     from lora_helpers.names import BASE
 
     model, tok = lh.load_base("smollm2-135m-4bit")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..base import EMBEDDED_NAME
 from ..errors import AdapterError, AdapterNotFoundError, StorageError
-from .demo_data import DEMO_ADAPTERS
+from ..shipped import DEMO_ADAPTERS
 
 NAMES = ("json", "coding", "support")
 TRAIN_STEPS_ENV = "LORA_HELPERS_DEMO_TRAIN"  # N: train the demo adapters on the spot with N steps (CI: QLoRA path)

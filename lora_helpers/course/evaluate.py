@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from ..tables import EMPTY, markdown
-from .demo_data import BEHAVIOURS, demo_sources, load_examples
+from ..shipped import BEHAVIOURS, demo_sources, load_examples
 from .sandbox import run_python
 
 # Replies are short by design; these limits only stop a rambling base model early.

@@ -23,13 +23,13 @@ from pathlib import Path
 from ..errors import ServeError
 from ..serve import RoutedClient, shell_line, vllm_command
 from ..tables import markdown
-from .demo_data import demo_sources
-from .timing import time_calls
+from ..shipped import demo_sources
+from ..timing import time_calls
 
 # Defaults for a server started by start_server (the caller's environment wins): a small KV cache (GiB)
 # for vLLM's CPU build, and no usage statistics sent home.
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-SERVE_VENV = Path(__file__).resolve().parent.parent / ".venv-serve"
+SERVE_VENV = Path(__file__).resolve().parents[2] / ".venv-serve"   # the repository root
 
 
 # ----------------------------------------------------------------------------- a server for tests and demos
@@ -150,7 +150,7 @@ def bench_serving(adapters: Mapping | None = None, per_adapter: int = 2, max_new
 
     from ..adapters import load_adapters
     from ..base import load_base, setup
-    from .demo_data import load_examples
+    from ..shipped import load_examples
     from ..generate import generate
 
     sources = dict(adapters or demo_sources())

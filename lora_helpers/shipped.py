@@ -1,6 +1,8 @@
-"""The demo adapters' data: training examples and held-out prompts, kept as jsonl in ``lora_helpers/course/data``.
+"""What the package ships in ``lora_helpers/data/`` (the wheel carries it): the demo adapters for the embedded
+base (``data/adapters/lora_<name>/``; the repository's ``adapters/`` links there), the router's labelled
+prompts, and the demo adapters' training data.
 
-Files: ``{behaviour}_train.jsonl`` (``{"prompt", "reply"}`` rows) and ``{behaviour}_heldout.jsonl``
+Training files: ``{behaviour}_train.jsonl`` (``{"prompt", "reply"}`` rows) and ``{behaviour}_heldout.jsonl``
 (``{"prompt"}`` rows, plus ``"expect"`` for json: the values the reply must hold). Held-out prompts are
 never trained on; ``tests/test_train.py`` checks that and that every training reply passes its own check.
 """
@@ -9,12 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import AdapterError
+from .errors import AdapterError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
+SHIPPED_DIR = DATA_DIR / "adapters"
 BEHAVIOURS = ("json", "coding", "support")
 SPLITS = ("train", "heldout")
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "adapters"
 
 
 def demo_sources(adapters_dir=None, names=BEHAVIOURS) -> dict:

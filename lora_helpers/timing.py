@@ -58,7 +58,7 @@ def tokens_per_second(cases: dict, tokenizer, prompt: str, max_new_tokens: int =
     ``adapter`` is passed to ``generate`` (None = the model as it is, "base" = adapters off). Generation
     runs with ``min_new_tokens=max_new_tokens`` so every case produces the same number of tokens.
     """
-    from ..generate import generate
+    from .generate import generate
 
     result = {}
     for label, (model, adapter) in cases.items():
