@@ -92,7 +92,7 @@ $(SERVE_STAMP):
 
 # Starts vLLM on 127.0.0.1 with the embedded base and the demo adapters, checks routed replies, stops it.
 test-serve: setup serve-setup
-	LORA_VLLM=$(abspath $(SERVE_PY)) $(PY) -m pytest -q -s tests_serve -p no:cacheprovider
+	env -u LORA_VLLM $(PY) -m pytest -q -s tests_serve -p no:cacheprovider   # finds .venv-serve itself
 
 # -- browser test (issue 9): the adapter switcher in headless Debian Chromium over a live Voila kernel.
 # Installs chromium with apt when missing (CI runs as root) and requirements-browser.txt into .venv.

@@ -90,3 +90,17 @@ def test_no_import_cycles():
         if m not in state:
             visit(m, [])
     assert "lora_helpers.serve" in edges and "lora_helpers.course.serve_local" in edges
+
+
+def test_serve_local_finds_the_serve_venv_make_builds(monkeypatch):
+    """`make serve-setup` builds .venv-serve at the repository root (where the Makefile is); the local vLLM
+    runner looks there when LORA_VLLM is unset (it looked one folder too deep, inside lora_helpers/)."""
+    import re
+    from pathlib import Path
+    from lora_helpers.course import serve_local
+    root = Path(lh.__file__).resolve().parents[1]
+    venv = re.search(r"^SERVE_VENV\s*:=\s*(\S+)", (root / "Makefile").read_text(), re.M).group(1)
+    assert serve_local.SERVE_VENV == root / venv
+    monkeypatch.delenv("LORA_VLLM", raising=False)
+    expected = str(root / venv / "bin" / "python") if (root / venv / "bin" / "python").exists() else "vllm"
+    assert serve_local.vllm_program() == expected
