@@ -21,21 +21,25 @@ def cheat_sheet_router(text: str) -> str:
 
 # -- the labelled set ---------------------------------------------------------------------------------
 
-def test_exercise_set_is_small_balanced_and_bilingual():
-    assert 12 <= len(ex.EXERCISE_SET) <= 20
-    routes = [r for _, r in ex.EXERCISE_SET]
+@pytest.mark.parametrize("name", ["EXERCISE_SET", "HELDOUT_SET"])
+def test_exercise_sets_are_small_balanced_and_bilingual(name):
+    labelled = getattr(ex, name)
+    assert 12 <= len(labelled) <= 20
+    routes = [r for _, r in labelled]
     assert set(routes) == {"json", "coding", "support"}
     assert min(routes.count(r) for r in set(routes)) >= 4
-    cyrillic = [t for t, _ in ex.EXERCISE_SET if re.search("[а-яё]", t, re.I)]
-    assert 0.3 <= len(cyrillic) / len(ex.EXERCISE_SET) <= 0.7
-    assert len({t for t, _ in ex.EXERCISE_SET}) == len(ex.EXERCISE_SET)
+    cyrillic = [t for t, _ in labelled if re.search("[а-яё]", t, re.I)]
+    assert 0.3 <= len(cyrillic) / len(labelled) <= 0.7
+    assert len({t for t, _ in labelled}) == len(labelled)
 
 
-def test_exercise_set_is_apart_from_router_data():
+def test_exercise_sets_are_apart_from_router_data_and_each_other():
     shipped = {json.loads(line)["text"].casefold() for name in ("router_eval", "router_examples")
                for line in (DATA_DIR / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()}
     assert len(shipped) > 100
-    assert not shipped & {t.casefold() for t, _ in ex.EXERCISE_SET}
+    practice = {t.casefold() for t, _ in ex.EXERCISE_SET}
+    heldout = {t.casefold() for t, _ in ex.HELDOUT_SET}
+    assert not shipped & practice and not shipped & heldout and not practice & heldout
 
 
 # -- verdicts -----------------------------------------------------------------------------------------
@@ -43,35 +47,51 @@ def test_exercise_set_is_apart_from_router_data():
 def test_solution_passes(capsys):
     result = ex.check_router(ex.solution_router)
     out = capsys.readouterr().out
-    assert result and result.passed and result.accuracy >= ex.THRESHOLD
-    assert result.total == len(ex.EXERCISE_SET)
+    assert result and result.passed and result.accuracy >= ex.THRESHOLD and result.held_out
+    assert result.total == len(ex.HELDOUT_SET)
     assert "прошёл проверку" in out and "Пока не проходит" not in out
 
 
-def test_cheat_sheet_starter_fails_and_lists_every_miss(capsys):
+def test_cheat_sheet_starter_fails_and_shows_counts_and_two_misses_only(capsys):
     result = ex.check_router(cheat_sheet_router)
     out = capsys.readouterr().out
     assert not result and result.accuracy < ex.THRESHOLD
     assert "Пока не проходит" in out and f"{result.accuracy:.2f}" in out
     expected_misses = [(t, r) for t, r in ex.EXERCISE_SET if cheat_sheet_router(t) != r]
-    assert len(expected_misses) == len(result.misses) >= 3
-    for text, route in expected_misses:
-        assert f"«{text}» → ожидали {route}, получили {cheat_sheet_router(text)}" in out
+    assert len(expected_misses) == len(result.misses) > ex.SHOWN_MISSES
+    for route in ("json", "coding", "support"):
+        right = sum(cheat_sheet_router(t) == r for t, r in ex.EXERCISE_SET if r == route)
+        assert f"{route} {right} из 6" in out
+    shown = [t for t, _ in expected_misses if f"«{t}»" in out]
+    assert len(shown) == ex.SHOWN_MISSES == out.count("  • ")
+    assert len({r for t, r in expected_misses if t in shown}) == 2      # two kinds of mistake, not one twice
+    assert not any(t in out for t, _ in ex.HELDOUT_SET)                 # the deciding set is never shown
+
+
+def test_memorising_the_practice_set_does_not_pass(capsys):
+    """A router that answers every practice prompt by lookup scores 18/18 there, and still fails: the
+    unshown held-out set decides."""
+    answers = dict(ex.EXERCISE_SET)
+    result = ex.check_router(lambda text: answers.get(text) or cheat_sheet_router(text))
+    out = capsys.readouterr().out
+    assert result.misses == [] and all(right == n for right, n in result.per_route.values())
+    assert not result and "Пока не проходит" in out
 
 
 def test_pass_exactly_at_threshold():
-    wrong = {t for t, _ in ex.EXERCISE_SET[:2]}
-    n = len(ex.EXERCISE_SET)
+    wrong = {t for t, _ in ex.HELDOUT_SET[:2]}
+    n = len(ex.HELDOUT_SET)
+    answers = dict(ex.HELDOUT_SET + ex.EXERCISE_SET)
 
     def router(text):
-        return "base" if text in wrong else dict(ex.EXERCISE_SET)[text]
+        return "base" if text in wrong else answers[text]
     assert ex.check_router(router, threshold=(n - 2) / n, verbose=False).passed
     assert not ex.check_router(router, threshold=(n - 1) / n, verbose=False).passed
 
 
 def test_router_object_with_route_method_is_accepted():
     result = ex.check_router(lh.make_router("keyword"), verbose=False)
-    assert result.total == len(ex.EXERCISE_SET) and 0 < result.accuracy <= 1
+    assert result.total == len(ex.HELDOUT_SET) and 0 < result.accuracy <= 1
 
 
 def test_own_scenarios(capsys):
@@ -83,6 +103,9 @@ def test_own_scenarios(capsys):
     result = ex.check_router(weather_or_news, examples=pairs)
     assert not result and result.misses == [("Курс рубля", "weather", "news")]
     assert "«Курс рубля» → ожидали weather, получили news" in capsys.readouterr().out
+    # your own held-out prompts decide when given; the practice prompts are then only reported
+    result = ex.check_router(weather_or_news, examples=pairs, heldout={"weather": ["Погода на неделю"]})
+    assert result and result.held_out and result.total == 1 and len(result.misses) == 1
 
 
 # -- the learner's mistakes ---------------------------------------------------------------------------

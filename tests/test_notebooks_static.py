@@ -174,7 +174,7 @@ def test_sync_rewrites_every_link(tmp_path, monkeypatch):
 
 def test_adapter_table_in_01_matches_the_data_and_the_readme():
     """Notebook 01's table per adapter: training examples = lines in the data, pass rate = README's table."""
-    data = ROOT / "lora_helpers" / "course" / "data"
+    data = ROOT / "lora_helpers" / "data"
     prose = "\n".join(source(c) for c in cells(NOTEBOOKS[0]) if c["cell_type"] == "markdown")
     readme = (ROOT / "README.md").read_text()
     for name in ("json", "coding", "support"):

@@ -1,9 +1,11 @@
 """Notebook 03's exercise: the learner writes a router (a plain function text -> route) and checks it here.
 
-``check_router(fn)`` routes every prompt of a small labelled EN+RU set (``EXERCISE_SET``, kept apart from
-the router's training examples and evaluation set), prints a Russian verdict — the accuracy, and every
-prompt it got wrong — and returns a :class:`RouterCheck`. ``solution_router`` is a worked solution.
-The learner's own scenarios: ``check_router(fn, examples={"route": [prompts], ...})``.
+``check_router(fn)`` routes two small labelled EN+RU sets, both kept apart from the router's training examples
+and evaluation set. The practice set (``EXERCISE_SET``) is reported per route, with at most two example misses
+shown — enough to see the kind of mistake, not a list of words to copy. The held-out set (``HELDOUT_SET``) is
+never printed, and it alone decides the verdict, so a router that memorises the shown misses does not pass.
+``solution_router`` is a worked solution. The learner's own scenarios: ``check_router(fn, examples=...,
+heldout=...)``.
 """
 from __future__ import annotations
 
@@ -38,6 +40,31 @@ EXERCISE_SET: list[tuple[str, str]] = [
 ]
 
 
+# Never printed: it decides whether the router passes. Six per route, half English, half Russian, with
+# the same kinds of trap as above (a JSON task without the word, an SMS code, a discount code).
+HELDOUT_SET: list[tuple[str, str]] = [
+    ("Give me the answer as JSON: city Kazan, population 1.3 million.", "json"),
+    ("Convert this to CSV with columns date and amount: March 3 - 500, March 4 - 720.", "json"),
+    ("Fill in the fields title and author for this book: War and Peace by Tolstoy.", "json"),
+    ("Выдай JSON-объект с ключами name и price для товара «чайник», 1990 рублей.", "json"),
+    ("Опиши схему ответа API для списка заказов.", "json"),
+    ("Заполни поля формы: имя Анна, телефон 8-900-123-45-67.", "json"),
+    ("My Python script crashes with KeyError, how do I fix it?", "coding"),
+    ("Write a function that reverses a linked list.", "coding"),
+    ("How do I write a SQL join between orders and customers?", "coding"),
+    ("Найди баг: цикл while никогда не заканчивается.", "coding"),
+    ("Напиши функцию на Python для сортировки словаря по значениям.", "coding"),
+    ("Перепиши этот код, чтобы он работал быстрее.", "coding"),
+    ("I was charged twice for my order, please help.", "support"),
+    ("How can I change the delivery address?", "support"),
+    ("The discount code from your email is not accepted.", "support"),
+    ("Не могу оплатить заказ картой.", "support"),
+    ("Как вернуть товар, если он не подошёл?", "support"),
+    ("Мне не приходит SMS с кодом для входа.", "support"),
+]
+SHOWN_MISSES = 2  # example misses printed from the practice set
+
+
 def solution_router(text: str) -> str:
     """A worked solution: a few keyword stems per route, checked in order (support phrases with «код» first)."""
     t = text.lower()  # "JSON" and "json" alike
@@ -54,30 +81,44 @@ def solution_router(text: str) -> str:
 
 @dataclass
 class RouterCheck:
-    """The result of :func:`check_router`; true when the router passed."""
+    """The result of :func:`check_router`; true when the router passed.
+
+    ``accuracy``/``total`` are on the set that decides (the held-out one when there is one); ``misses`` are
+    the practice set's misses (prompt, expected, what it got), all of them, for your own code to look at.
+    """
     passed: bool
     accuracy: float
     threshold: float
     total: int
-    misses: list[tuple[str, str, str]] = field(default_factory=list)  # (prompt, expected, what it got)
+    misses: list[tuple[str, str, str]] = field(default_factory=list)
+    per_route: dict[str, tuple[int, int]] = field(default_factory=dict)  # practice set: route -> (right, total)
+    held_out: bool = False  # whether a separate, unshown set decided
 
     def __bool__(self) -> bool:
         return self.passed
 
-    def report(self) -> str:
+    def report(self, shown: int = SHOWN_MISSES) -> str:
         """The Russian verdict that ``check_router`` prints."""
-        right = self.total - len(self.misses)
-        head = f"Верно {right} из {self.total} (точность {self.accuracy:.2f}, нужно не меньше {self.threshold:.2f})."
-        lines = [("🎉 Отлично, роутер прошёл проверку! " if self.passed else "❌ Пока не проходит. ") + head]
+        counts = ", ".join(f"{route} {right} из {n}" for route, (right, n) in self.per_route.items())
+        lines = [f"Тренировочный набор: {counts}."]
         if self.misses:
-            lines.append("Ошибки:" if not self.passed else "Осталось ошибок:")
-            lines += [f"  • «{p}» → ожидали {exp}, получили {got}" for p, exp, got in self.misses]
+            lines.append(f"Примеры ошибок ({min(shown, len(self.misses))} из {len(self.misses)}):")
+            lines += [f"  • «{p}» → ожидали {exp}, получили {got}" for p, exp, got in _spread(self.misses, shown)]
+        right = round(self.accuracy * self.total)
+        where = "Проверочный набор (его запросы не показываются)" if self.held_out else "Итог"
+        head = (f"{where}: верно {right} из {self.total} (точность {self.accuracy:.2f}, "
+                f"нужно не меньше {self.threshold:.2f}).")
+        lines.append(("🎉 Отлично, роутер прошёл проверку! " if self.passed else "❌ Пока не проходит. ") + head)
         if not self.passed:
-            lines.append("Добавьте слова-признаки для этих запросов (и не забудьте text.lower()), "
+            lines.append("Подумайте, какими ещё словами люди просят то же самое (и не забудьте text.lower()), "
                          "затем запустите ячейку с роутером и эту ячейку снова.")
-        elif self.misses:
-            lines.append("Ключевые слова не всесильны: такие запросы лучше ловит классификатор.")
         return "\n".join(lines)
+
+
+def _spread(misses, n: int) -> list[tuple[str, str, str]]:
+    """Up to ``n`` misses, one per expected route first, so the examples show different kinds of mistake."""
+    first = list({exp: (p, exp, got) for p, exp, got in reversed(misses)}.values())[::-1]
+    return (first + [m for m in misses if m not in first])[:n]
 
 
 def _pairs(examples) -> list[tuple[str, str]]:
@@ -115,24 +156,38 @@ def _answer(fn, text: str) -> str:
     return f"{got!r} (не строку: функция должна вернуть название маршрута, например \"json\")"
 
 
-def check_router(router, examples=None, threshold: float = THRESHOLD, verbose: bool = True) -> RouterCheck:
-    """Route every labelled prompt with ``router`` and print a Russian verdict listing the misses.
-
-    ``router``: a function text -> route name (or any object with ``.route``). ``examples``: your own
-    ``{route: [prompts]}`` or (prompt, route) pairs; ``None`` uses ``EXERCISE_SET`` (json, coding, support).
-    An exception or a non-string from the function counts as a miss and is shown. Returns a ``RouterCheck``.
-    """
-    fn = _as_function(router)
-    pairs = _pairs(examples)
-    if not 0 < float(threshold) <= 1:
-        raise AdapterError(f"threshold must be in (0, 1], got {threshold!r}; the default is {THRESHOLD}.")
-    misses = []
+def _score(fn, pairs) -> tuple[list[tuple[str, str, str]], dict[str, tuple[int, int]]]:
+    misses, per_route = [], {}
     for text, expected in pairs:
         got = _answer(fn, text)
+        right, n = per_route.get(expected, (0, 0))
+        per_route[expected] = (right + (got == expected), n + 1)
         if got != expected:
             misses.append((text, expected, got))
-    accuracy = 1 - len(misses) / len(pairs)
-    result = RouterCheck(accuracy >= threshold - 1e-9, accuracy, float(threshold), len(pairs), misses)
+    return misses, per_route
+
+
+def check_router(router, examples=None, heldout=None, threshold: float = THRESHOLD,
+                 verbose: bool = True) -> RouterCheck:
+    """Route labelled prompts with ``router`` and print a Russian verdict.
+
+    ``router``: a function text -> route name (or any object with ``.route``). ``examples``: the practice
+    set, reported per route with at most two example misses (default ``EXERCISE_SET``); ``heldout``: the
+    set that decides, never printed (default ``HELDOUT_SET`` when ``examples`` is None; with your own
+    ``examples`` and no ``heldout``, the examples decide). Both take ``{route: [prompts]}`` or (prompt, route)
+    pairs. An exception or a non-string from the function counts as a miss. Returns a ``RouterCheck``.
+    """
+    fn = _as_function(router)
+    practice = _pairs(examples)
+    decider = _pairs(heldout) if heldout is not None else (list(HELDOUT_SET) if examples is None else None)
+    if not 0 < float(threshold) <= 1:
+        raise AdapterError(f"threshold must be in (0, 1], got {threshold!r}; the default is {THRESHOLD}.")
+    misses, per_route = _score(fn, practice)
+    decisive_misses = _score(fn, decider)[0] if decider is not None else misses
+    total = len(decider if decider is not None else practice)
+    accuracy = 1 - len(decisive_misses) / total
+    result = RouterCheck(accuracy >= threshold - 1e-9, accuracy, float(threshold), total, misses, per_route,
+                         held_out=decider is not None)
     if verbose:
         print(result.report())
     return result
