@@ -5,14 +5,19 @@ from peft import LoraConfig, get_peft_model
 import lora_helpers as lh
 
 
+def with_adapters(model, names, **lora):
+    """``model`` as a PeftModel holding random (non-zero) LoRA adapters ``names``, the first active, in eval."""
+    cfg = dict(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False, **lora)
+    model = get_peft_model(model, LoraConfig(**cfg), adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, LoraConfig(**cfg))
+    lh.switch(model, names[0])
+    return model.eval()
+
+
 @pytest.fixture
 def three(tiny_model):
-    cfg = dict(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
-    model = get_peft_model(tiny_model, LoraConfig(**cfg), adapter_name="json")
-    for name in ("coding", "support"):
-        model.add_adapter(name, LoraConfig(**cfg))
-    lh.switch(model, "json")
-    return model.eval()
+    return with_adapters(tiny_model, ["json", "coding", "support"])
 
 
 PROMPTS = ["Верни JSON со схемой", "Write a Python function", "My order did not arrive", "hello", "код"]
@@ -83,12 +88,7 @@ def test_route_and_generate_uses_one_batch_and_falls_back(three, tiny_tokenizer,
 @pytest.fixture
 def dropout(tiny_model):
     """Two adapters with heavy LoRA dropout: in training mode every forward pass would differ."""
-    cfg = dict(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False,
-               lora_dropout=0.9)
-    model = get_peft_model(tiny_model, LoraConfig(**cfg), adapter_name="json")
-    model.add_adapter("coding", LoraConfig(**cfg))
-    lh.switch(model, "json")
-    return model.eval()
+    return with_adapters(tiny_model, ["json", "coding"], lora_dropout=0.9)
 
 
 def modes(model):
