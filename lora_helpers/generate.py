@@ -1,7 +1,9 @@
 """Text generation: one prompt, a batch, a mixed-adapter batch, and routed generation."""
 from __future__ import annotations
 
+import operator
 import warnings
+from contextlib import contextmanager
 
 import torch
 
@@ -38,28 +40,22 @@ def generate(model, tokenizer, prompt_or_prompts, adapter=None, max_new_tokens: 
     ``adapter``: None = the active adapter; a name (or "base") = that adapter for this call only;
     a list with one name per prompt = one mixed-adapter batch (PEFT's ``adapter_names``).
     Extra keyword arguments go to ``model.generate`` (e.g. ``do_sample=True, temperature=0.7``).
+
+    Neither the tokenizer nor the model is left changed: the padding is done here, not through the
+    tokenizer's ``padding_side``/``pad_token``; a model in training mode runs in eval mode for the call
+    (no dropout, so greedy replies are reproducible; PEFT's mixed batches refuse training mode) and each
+    module's mode is put back afterwards, also after an error. Bad input raises before anything runs.
     """
     single = isinstance(prompt_or_prompts, str)
     prompts = [prompt_or_prompts] if single else prompt_or_prompts
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise PromptError(f"Expected a prompt string or a non-empty list of them, got {prompt_or_prompts!r}.")
     texts = [chat_text(tokenizer, check_prompt(p), system) for p in prompts]
+    max_new_tokens = check_max_new_tokens(max_new_tokens)
 
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    limit = context_window(model)
-    if limit and enc["input_ids"].shape[1] + max_new_tokens > limit:
-        longest = int(enc["attention_mask"].sum(1).max())
-        raise PromptError(f"The prompt has {longest} tokens; with max_new_tokens={max_new_tokens} that exceeds "
-                          f"the model's context window of {limit} tokens. Shorten the prompt or lower "
-                          "max_new_tokens.")
-    options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    options = dict(max_new_tokens=max_new_tokens, do_sample=False)
     if not kw.get("do_sample"):  # silence "temperature is set but do_sample=False" from presets
         options.update(temperature=None, top_p=None, top_k=None)
-    options.update(kw)
-
     if isinstance(adapter, (list, tuple)):
         if len(adapter) != len(prompts):
             raise AdapterError(f"adapter= has {len(adapter)} names for {len(prompts)} prompts; give one per prompt.")
@@ -74,11 +70,64 @@ def generate(model, tokenizer, prompt_or_prompts, adapter=None, max_new_tokens: 
             adapter = next(a for a in adapter if a != BASE)
     else:
         _refuse_peft_base([adapter])
-    with temporary_switch(model, adapter):
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    enc = _left_padded(tokenizer, texts, pad, model.device)
+    limit = context_window(model)
+    if limit and enc["input_ids"].shape[1] + max_new_tokens > limit:
+        longest = int(enc["attention_mask"].sum(1).max())
+        raise PromptError(f"The prompt has {longest} tokens; with max_new_tokens={max_new_tokens} that exceeds "
+                          f"the model's context window of {limit} tokens. Shorten the prompt or lower "
+                          "max_new_tokens.")
+    options["pad_token_id"] = pad
+    options.update(kw)
+    with eval_mode(model), temporary_switch(model, adapter):
         out = model.generate(**enc, **options)
     replies = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     replies = [r.strip() for r in replies]
     return replies[0] if single else replies
+
+
+def check_max_new_tokens(n) -> int:
+    """``n`` as an int if it is a whole number >= 1 (not a bool, float or string), else an AdapterError."""
+    try:
+        value = None if isinstance(n, bool) else operator.index(n)
+    except TypeError:
+        value = None
+    if value is None or value < 1:
+        raise AdapterError(f"max_new_tokens must be a whole number of tokens, at least 1; got {n!r} "
+                           f"({type(n).__name__}). Pass e.g. max_new_tokens=64.")
+    return value
+
+
+def _left_padded(tokenizer, texts, pad: int, device) -> dict:
+    """One batch, each row padded on the left with ``pad`` (the tokenizer's own padding settings untouched)."""
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+@contextmanager
+def eval_mode(model):
+    """``with eval_mode(model):`` the model runs in eval mode inside the block; on leaving (also on an error)
+    each module's own training flag is put back with ``Module.train``."""
+    modes = [(m, m.training) for m in model.modules()]
+    if not any(flag for _, flag in modes):
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in modes:  # parents before children: a parent's train() resets them, then they are fixed
+            if m.training != flag:
+                m.train(flag)
 
 
 def _require_adapters(model, names) -> None:
@@ -107,6 +156,7 @@ def route_and_generate(model, tokenizer, prompts, router, max_new_tokens: int = 
     from .router import as_router  # router imports the text features; only this function needs it
 
     router = as_router(router)
+    check_max_new_tokens(max_new_tokens)
     single = isinstance(prompts, str)
     prompts = [prompts] if single else list(prompts)
     loaded = set(getattr(model, "peft_config", {}) or {})

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_helpers.course.evaluate import Verdict, run_snippet
+from lora_helpers.course.evaluate import Verdict, check_coding, run_reply, run_snippet
 
 
 def _unshare_works() -> bool:
@@ -70,6 +70,44 @@ def test_normal_snippets_keep_their_verdicts():
     assert isinstance(v, Verdict)
 
 
+REPLY = """Here is the function:
+```python
+def hours_to_minutes(hours: int) -> int:
+    \"\"\"Return the minutes in ``hours`` hours.\"\"\"
+    return hours * 60
+
+assert hours_to_minutes(1) == {want}
+```
+It multiplies by 60."""
+
+
+def test_run_reply_runs_the_python_block_of_a_models_reply():
+    """The one runner a notebook calls on a model's reply: each outcome as one English line."""
+    v = run_reply(REPLY.format(want=60))
+    assert v and v.form and str(v) == "passed"
+    v = run_reply(REPLY.format(want=1))
+    assert not v and v.form and v.reason == "exit code 1: AssertionError"
+    assert v.line == "line 5: assert hours_to_minutes(1) == 1"
+    assert str(v) == "failed: exit code 1: AssertionError (line 5: assert hours_to_minutes(1) == 1)"
+    v = run_reply("I cannot write code today.")
+    assert not v and not v.form and str(v) == "failed: no ```python block in the reply"
+    v = run_reply("```python\ndef f(x: int) -> int:\n    return x")
+    assert not v and not v.form and "not closed" in v.reason
+    v = run_reply("```python\nwhile True:\n    pass\n```", timeout=1)
+    assert not v and v.form and str(v) == "failed: timed out after 1 s" and v.line == ""
+    v = run_reply("```python\nx = 1\ndef f(:\n    pass\n```")
+    assert not v and v.reason.startswith("exit code 1: SyntaxError") and v.line == "line 2: def f(:"
+    assert all(ord(ch) < 128 for ch in str(v))
+
+
+def test_the_line_that_raised_is_named_also_by_check_coding():
+    v = check_coding(REPLY.format(want=1).split("\n", 1)[1].rsplit("\n", 1)[0])
+    assert not v and v.form and v.line == "line 5: assert hours_to_minutes(1) == 1"
+    v = run_snippet("def f(x: int) -> float:\n    return 1 / x\n\nassert f(0)")
+    assert v.reason == "exit code 1: ZeroDivisionError: division by zero" and v.line == "line 2: return 1 / x"
+    assert str(Verdict(True)) == "passed" and str(Verdict(False, "bad")) == "failed: bad"
+
+
 def test_snippet_sees_no_token_or_other_secret(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_" + "a1b2c3" * 6)
     monkeypatch.setenv("MY_API_KEY", "secret-value")
@@ -80,7 +118,10 @@ def test_snippet_sees_no_token_or_other_secret(monkeypatch):
     assert v, v.reason
 
 
-def test_snippet_cannot_write_in_the_callers_folder(monkeypatch):
+@pytest.mark.parametrize("layers", ["this machine's", "Landlock alone"])
+def test_snippet_cannot_write_in_the_callers_folder(monkeypatch, layers):
+    """Landlock refuses (PermissionError); where namespaces work every mount is also read-only, which the
+    kernel checks first (EROFS)."""
     caller = Path(tempfile.mkdtemp(prefix="lh-caller-"))
     try:
         caller.chmod(0o777)                 # writable by anyone: only the sandbox can keep the snippet out
@@ -89,12 +130,17 @@ def test_snippet_cannot_write_in_the_callers_folder(monkeypatch):
         monkeypatch.chdir(caller)
         if not LANDLOCK:
             pytest.xfail("no Landlock on this kernel: writes are limited only by file permissions")
+        refused = ["PermissionError"]
+        if layers == "Landlock alone":
+            _no_layers(monkeypatch)
+        else:
+            refused.append("Read-only file system")
         v = run_snippet(f"open({str(caller / 'pwned.txt')!r}, 'w').write('x')")
-        assert not v and "PermissionError" in v.reason
+        assert not v and any(r in v.reason for r in refused), v.reason
         v = run_snippet(f"import os\nos.remove({str(caller / 'keep.txt')!r})")
-        assert not v and "PermissionError" in v.reason
+        assert not v and any(r in v.reason for r in refused), v.reason
         v = run_snippet(f"open({str(caller / 'keep.txt')!r}, 'a').write('x')")
-        assert not v and "PermissionError" in v.reason
+        assert not v and any(r in v.reason for r in refused), v.reason
         assert sorted(p.name for p in caller.iterdir()) == ["keep.txt"]
         assert (caller / "keep.txt").read_text() == "mine"
         # its own folder stays writable

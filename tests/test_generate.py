@@ -1,7 +1,23 @@
 import pytest
 
 import lora_helpers as lh
+import tiny
 from lora_helpers.generate import chat_text
+from test_mixed_batch import with_adapters
+
+
+def tokenizer_state(tok) -> dict:
+    """Everything a call could change on a fast tokenizer: its attributes and the Rust backend's settings."""
+    state = {k: repr(v) for k, v in vars(tok).items() if k != "_tokenizer"}
+    state.update(backend_padding=repr(tok.backend_tokenizer.padding),
+                 backend_truncation=repr(tok.backend_tokenizer.truncation))
+    return state
+
+
+@pytest.fixture
+def two(tiny_model):
+    """The tiny model with adapters "json" and "coding" (random, so each changes the replies)."""
+    return with_adapters(tiny_model, ["json", "coding"])
 
 
 def test_single_prompt_gives_a_string_batch_gives_a_list(tiny_model, tiny_tokenizer):
@@ -14,7 +30,7 @@ def test_left_padded_batch_equals_one_at_a_time(tiny_model, tiny_tokenizer):
     prompts = ["Write a Python function", "Здравствуйте, не могу войти в аккаунт, помогите", "JSON"]
     batch = lh.generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=8)
     assert batch == [lh.generate(tiny_model, tiny_tokenizer, p, max_new_tokens=8) for p in prompts]
-    assert tiny_tokenizer.padding_side == "left"
+    assert tiny_tokenizer.padding_side == "right"      # padded on the left without changing the tokenizer
 
 
 def test_greedy_is_deterministic_and_returns_only_new_text(tiny_model, tiny_tokenizer):
@@ -28,6 +44,55 @@ def test_greedy_is_deterministic_and_returns_only_new_text(tiny_model, tiny_toke
     assert len(new) == 10 and a == tok.decode(new, skip_special_tokens=True).strip() != ""
     full = tok.decode(out[0], skip_special_tokens=True)
     assert full.endswith(a) and full.startswith(tok.decode(ids[0], skip_special_tokens=True))  # prompt cut off
+
+
+@pytest.mark.parametrize("pad", ["<pad>", None])
+def test_the_tokenizer_is_left_as_it_was(two, pad, monkeypatch):
+    """padding_side, pad_token and the backend's padding stay as the caller set them, whatever the call did."""
+    tok = tiny.make_tokenizer()
+    tok.pad_token = pad
+    before = tokenizer_state(tok)
+    prompts = ["Write a Python function", "Здравствуйте, не могу войти", "JSON"]
+    one = lh.generate(two, tok, prompts[0], max_new_tokens=5)
+    assert tokenizer_state(tok) == before
+    batch = lh.generate(two, tok, prompts, max_new_tokens=5)
+    assert tokenizer_state(tok) == before
+    mixed = lh.generate(two, tok, prompts, adapter=["json", "coding", "base"], max_new_tokens=5)
+    assert tokenizer_state(tok) == before
+    assert batch[0] == one and batch == [lh.generate(two, tok, p, max_new_tokens=5) for p in prompts]
+    assert mixed == [lh.generate(two, tok, p, adapter=a, max_new_tokens=5)
+                     for p, a in zip(prompts, ["json", "coding", "base"])]
+
+    def broken(*args, **kw):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(two, "generate", broken)
+    for adapter in (None, ["json", "coding", "base"]):
+        with pytest.raises(RuntimeError, match="out of memory"):
+            lh.generate(two, tok, prompts, adapter=adapter, max_new_tokens=5)
+        assert tokenizer_state(tok) == before
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "8", True, False, None, 1e3])
+def test_bad_max_new_tokens_is_refused_before_anything_runs(two, tiny_tokenizer, bad, monkeypatch):
+    calls = []
+    monkeypatch.setattr(two, "generate", lambda *a, **kw: calls.append(kw))
+    before = tokenizer_state(tiny_tokenizer)
+    for adapter in (None, "coding", ["json", "coding"]):
+        with pytest.raises(lh.AdapterError, match=r"max_new_tokens must be a whole number.*got " + repr(bad)[:3]):
+            lh.generate(two, tiny_tokenizer, ["hi", "there"], adapter=adapter, max_new_tokens=bad)
+    routed = []
+    with pytest.raises(lh.AdapterError, match="max_new_tokens"):
+        lh.route_and_generate(two, tiny_tokenizer, ["hi"], lambda text: routed.append(text) or "json",
+                              max_new_tokens=bad)
+    assert calls == [] and routed == [] and lh.active_adapter(two) == "json"
+    assert tokenizer_state(tiny_tokenizer) == before
+
+
+def test_good_max_new_tokens_kinds(tiny_model, tiny_tokenizer):
+    import numpy as np
+
+    assert lh.generate(tiny_model, tiny_tokenizer, "hi", max_new_tokens=np.int64(3)) == \
+        lh.generate(tiny_model, tiny_tokenizer, "hi", max_new_tokens=3)
 
 
 @pytest.mark.parametrize("bad", ["", "   \n", 42, None, [], ["ok", ""]])

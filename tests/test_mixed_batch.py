@@ -5,14 +5,19 @@ from peft import LoraConfig, get_peft_model
 import lora_helpers as lh
 
 
+def with_adapters(model, names, **lora):
+    """``model`` as a PeftModel holding random (non-zero) LoRA adapters ``names``, the first active, in eval."""
+    cfg = dict(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False, **lora)
+    model = get_peft_model(model, LoraConfig(**cfg), adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, LoraConfig(**cfg))
+    lh.switch(model, names[0])
+    return model.eval()
+
+
 @pytest.fixture
 def three(tiny_model):
-    cfg = dict(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
-    model = get_peft_model(tiny_model, LoraConfig(**cfg), adapter_name="json")
-    for name in ("coding", "support"):
-        model.add_adapter(name, LoraConfig(**cfg))
-    lh.switch(model, "json")
-    return model.eval()
+    return with_adapters(tiny_model, ["json", "coding", "support"])
 
 
 PROMPTS = ["Верни JSON со схемой", "Write a Python function", "My order did not arrive", "hello", "код"]
@@ -78,3 +83,41 @@ def test_route_and_generate_uses_one_batch_and_falls_back(three, tiny_tokenizer,
     assert lh.route_and_generate(three, tiny_tokenizer, "J only", Router(), max_new_tokens=3)[0] == "json"
     with pytest.raises(lh.PromptError):
         lh.route_and_generate(three, tiny_tokenizer, ["  "], Router())
+
+
+@pytest.fixture
+def dropout(tiny_model):
+    """Two adapters with heavy LoRA dropout: in training mode every forward pass would differ."""
+    return with_adapters(tiny_model, ["json", "coding"], lora_dropout=0.9)
+
+
+def modes(model):
+    return [(name, m.training) for name, m in model.named_modules()]
+
+
+def test_a_model_in_training_mode_runs_in_eval_and_keeps_its_modes(dropout, tiny_tokenizer, monkeypatch):
+    """PEFT refuses mixed batches in training mode and dropout would make greedy replies random: generate
+    runs the call in eval mode and puts every module's own flag back (also a partly frozen model's)."""
+    prompts, adapters = PROMPTS[:4], ["json", "coding", "base", "json"]
+    expected = lh.generate(dropout, tiny_tokenizer, prompts, adapter=adapters, max_new_tokens=6)
+    alone = lh.generate(dropout, tiny_tokenizer, prompts[0], max_new_tokens=6)
+    dropout.train()
+    dropout.base_model.model.model.layers[0].eval()        # a partly frozen model: its own flags come back
+    before = modes(dropout)
+    assert lh.generate(dropout, tiny_tokenizer, prompts, adapter=adapters, max_new_tokens=6) == expected
+    assert modes(dropout) == before
+    assert lh.generate(dropout, tiny_tokenizer, prompts[0], max_new_tokens=6) == alone
+    assert lh.generate(dropout, tiny_tokenizer, prompts, max_new_tokens=6)[0] == alone
+    assert modes(dropout) == before and dropout.training
+    assert lh.route_and_generate(dropout, tiny_tokenizer, prompts, lambda t: "coding", max_new_tokens=3)
+    assert modes(dropout) == before
+
+    def broken(*args, **kw):
+        assert not dropout.training
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(dropout, "generate", broken)
+    for adapter in (None, adapters):
+        with pytest.raises(RuntimeError, match="out of memory"):
+            lh.generate(dropout, tiny_tokenizer, prompts, adapter=adapter, max_new_tokens=6)
+        assert modes(dropout) == before
+    assert lh.active_adapter(dropout) == "json"

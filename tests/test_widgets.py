@@ -5,6 +5,7 @@ Runs on whatever ipywidgets is installed (8 in .venv; the same tests pass on 7.7
 import re
 from pathlib import Path
 
+import ipywidgets
 import pytest
 from peft import LoraConfig, get_peft_model
 
@@ -161,6 +162,68 @@ def test_only_apis_ipywidgets_7_has():
     source = Path(lw.__file__).read_text()
     for name in ("description_allow_html", "tabbable", "tooltip", "grid_", "TagsInput", "Stack(", "Datetime"):
         assert name not in source, name
+
+
+# What ipywidgets 7.7.1 (Colab's) has: each class's class_trait_names(), less comm/keys/log, for the widgets the
+# switcher builds and their styles (7.7.1 gives every widget but Button a DescriptionStyle).
+IPYWIDGETS_7 = {
+    "Dropdown": {"description", "description_tooltip", "disabled", "index", "label", "layout", "options", "style",
+                 "value"},
+    "Textarea": {"continuous_update", "description", "description_tooltip", "disabled", "layout", "placeholder",
+                 "rows", "style", "value"},
+    "Button": {"button_style", "description", "disabled", "icon", "layout", "style", "tooltip"},
+    "HTML": {"description", "description_tooltip", "layout", "placeholder", "style", "value"},
+    "Output": {"layout", "msg_id", "outputs"},
+    "VBox": {"box_style", "children", "layout"},
+    "HBox": {"box_style", "children", "layout"},
+    "Layout": {"align_content", "align_items", "align_self", "border", "bottom", "display", "flex", "flex_flow",
+               "grid_area", "grid_auto_columns", "grid_auto_flow", "grid_auto_rows", "grid_column", "grid_gap",
+               "grid_row", "grid_template_areas", "grid_template_columns", "grid_template_rows", "height",
+               "justify_content", "justify_items", "left", "margin", "max_height", "max_width", "min_height",
+               "min_width", "object_fit", "object_position", "order", "overflow", "overflow_x", "overflow_y",
+               "padding", "right", "top", "visibility", "width"},
+    "DescriptionStyle": {"description_width"},
+    "ButtonStyle": {"button_color", "font_weight"},
+}
+BORDERS = {"border_top", "border_right", "border_bottom", "border_left"}   # ipywidgets 8 splits Layout.border
+
+
+def set_traits(widget, fresh) -> set:
+    """The traits of ``widget`` that differ from ``fresh`` (a new one of the same kind): what the switcher set."""
+    skip = {"comm", "keys", "log", "layout", "style", "children"}
+    names = {t for t in widget.trait_names() if t not in skip and not t.startswith("_")
+             and getattr(widget, t) != getattr(fresh, t)}
+    if BORDERS <= names and len({getattr(widget, b) for b in BORDERS}) == 1:   # what 8's Layout(border=) sets
+        names = names - BORDERS | {"border"}
+    return names
+
+
+def walk(widget):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from walk(child)
+
+
+def test_the_switcher_sets_only_what_ipywidgets_7_has(two_adapters, tiny_tokenizer):
+    """Colab runs ipywidgets 7.7.1 (this venv 8): every widget class, trait, layout and style value the switcher
+    sets, after being used, must exist in 7.7.1 (an 8-only one such as ``tooltip`` on a Dropdown fails here)."""
+    w = lh.adapter_switcher(two_adapters, tiny_tokenizer, router=FixedRouter(), max_new_tokens=2, prompt="code")
+    w.dropdown.value = "coding"
+    w.button.click()
+    w.dropdown.value = lw.AUTO
+    w.button.click()
+    two_adapters.delete_adapter("json")
+    w.dropdown.value = "json"                      # a stale option: an error in the Output
+    assert "AdapterNotFoundError" in output_text(w, "stderr")
+    for widget in walk(w):
+        kind = next((c.__name__ for c in type(widget).__mro__ if c.__name__ in IPYWIDGETS_7), None)
+        assert kind, f"{type(widget).__name__} is not one of the 7.7.1 widgets listed here"
+        fresh = getattr(ipywidgets, kind)()
+        assert set_traits(widget, fresh) <= IPYWIDGETS_7[kind], (kind, set_traits(widget, fresh) - IPYWIDGETS_7[kind])
+        assert set_traits(widget.layout, ipywidgets.Layout()) <= IPYWIDGETS_7["Layout"], kind
+        if "style" in IPYWIDGETS_7[kind]:
+            style = IPYWIDGETS_7["ButtonStyle" if kind == "Button" else "DescriptionStyle"]
+            assert set_traits(widget.style, fresh.style) <= style, (kind, set_traits(widget.style, fresh.style))
 
 
 def test_show_replies_and_plot_sizes():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..tables import EMPTY, markdown
 from ..shipped import BEHAVIOURS, demo_sources, load_examples
-from .sandbox import run_python
+from .sandbox import SNIPPET, run_python
 
 # Replies are short by design; these limits only stop a rambling base model early.
 MAX_NEW_TOKENS = {"json": 96, "coding": 160, "support": 160}
@@ -25,9 +25,11 @@ RUN_TIMEOUT_S = 5.0
 
 @dataclass
 class Verdict:
+    """A check's outcome: truthy when it passed; ``str()`` is one English line ("passed" / "failed: ...")."""
     ok: bool
     reason: str = ""
     form: bool | None = None  # the shape is right even if the content is not (JSON values, failing asserts)
+    line: str = ""            # a snippet that failed: "line N: <that line>", where the error was raised
 
     def __post_init__(self):
         if self.form is None:
@@ -35,6 +37,11 @@ class Verdict:
 
     def __bool__(self) -> bool:
         return self.ok
+
+    def __str__(self) -> str:
+        if self.ok:
+            return "passed"
+        return f"failed: {self.reason}" + (f" ({self.line})" if self.line else "")
 
 
 def _fail(reason: str, form: bool = False) -> Verdict:
@@ -109,19 +116,53 @@ def _style_problem(tree: ast.Module) -> str | None:
 def run_snippet(code: str, timeout: float = RUN_TIMEOUT_S) -> Verdict:
     """Run ``code`` in the sandbox of :mod:`lora_helpers.course.sandbox`; ok when it exits 0.
 
+    Otherwise ``reason`` is ``"timed out after 5 s"`` or ``"exit code 1: <last stderr line>"`` (e.g.
+    ``AssertionError: message``, ``SyntaxError: ...``) and ``line`` the snippet's line that raised.
+
     The snippet is model-written, so it runs in a fresh isolated interpreter (``python -I``) with a scrubbed
-    environment (no ``HF_TOKEN`` or other secret), in a temporary folder deleted afterwards, in its own session
-    whose whole process group is killed when the run ends, under limits on memory, CPU time, processes and
-    file size, and — where this machine allows it — without network and writes outside its folder
-    (``unshare`` namespaces, Landlock). ``sandbox.capabilities()`` says which layers hold here.
+    environment (no ``HF_TOKEN`` or other secret), without capabilities, in a temporary folder deleted
+    afterwards, in its own session whose whole process group is killed when the run ends, under limits on
+    memory, CPU time, processes and file size. Where this machine allows it, also: no network, a read-only
+    view of every file outside its folder (no writes, chmod, utime or xattrs) and a folder of limited size
+    and file count (``unshare`` namespaces); no writes outside its folder (Landlock); no UNIX socket files
+    (seccomp). Where it does not, those are NOT blocked — ``str(sandbox.capabilities())`` says which hold
+    here. Reading files is never blocked. Not a boundary against a determined attacker.
     """
     r = run_python(code, timeout)
     if r.timed_out:
         return _fail(f"timed out after {timeout:g} s")
     if r.returncode:
         last = (r.stderr.strip().splitlines() or ["?"])[-1]
-        return _fail(f"exit code {r.returncode}: {last}")
+        return Verdict(False, f"exit code {r.returncode}: {last}", False, _raising_line(code, r.stderr))
     return Verdict(True)
+
+
+def _raising_line(code: str, stderr: str) -> str:
+    """"line N: <source>" of the snippet's last traceback frame (or syntax error), "" when there is none."""
+    found = re.findall(rf'File "{re.escape(SNIPPET)}", line (\d+)', stderr)
+    lines = code.splitlines()
+    if not found or not 0 < int(found[-1]) <= len(lines):
+        return ""
+    return f"line {found[-1]}: {lines[int(found[-1]) - 1].strip()}"
+
+
+_PY_BLOCK = re.compile(r"```python[ \t]*\n(.*?)(```|$)", re.S)
+
+
+def run_reply(reply: str, timeout: float = RUN_TIMEOUT_S) -> Verdict:
+    """Run the first ```python block of a model's reply with :func:`run_snippet` (other text is ignored).
+
+    A reply without one, or whose block is not closed (cut off by ``max_new_tokens``), fails with that reason
+    and ``form=False``; else it is the snippet's Verdict with ``form=True``. ``print(run_reply(reply))``
+    shows one line, e.g. ``passed`` or ``failed: exit code 1: AssertionError (line 6: assert f(1) == 2)``.
+    """
+    m = _PY_BLOCK.search(reply)
+    if not m:
+        return _fail("no ```python block in the reply")
+    if not m.group(2):
+        return _fail("the ```python block is not closed (the reply was cut off?)")
+    ran = run_snippet(m.group(1), timeout)
+    return Verdict(ran.ok, ran.reason, True, ran.line)
 
 
 def check_coding(reply: str, expect=None) -> Verdict:
@@ -141,7 +182,7 @@ def check_coding(reply: str, expect=None) -> Verdict:
     if problem:
         return _fail(problem)
     ran = run_snippet(code)
-    return Verdict(ran.ok, ran.reason, form=True)
+    return Verdict(ran.ok, ran.reason, True, ran.line)
 
 
 # ----------------------------------------------------------------------------- support
