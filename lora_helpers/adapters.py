@@ -19,7 +19,7 @@ from . import tables
 from .errors import AdapterError, AdapterExistsError, AdapterFileError, BaseMismatchError
 from .names import BASE, check_name
 from .storage import AdapterFiles, inspect_adapter, resolve_adapter
-from .switching import SwitchState, active_adapter, loaded_zero, switch, warn_zero
+from .switching import SwitchState, active_adapter, switch, untrained, warn_zero
 
 __all__ = ["active_adapter", "check_compatible", "list_adapters", "load_adapters", "switch"]
 
@@ -282,7 +282,7 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
                                f"({type(e).__name__}: {e}). The model was left as it was; check that the folder "
                                "holds a complete adapter saved by PEFT.") from e
     for name, _ in plans:
-        if loaded_zero(model, name):
+        if untrained(model, name):
             warn_zero(name, stacklevel=3)
     return model
 
@@ -317,12 +317,6 @@ def _weights(model, name: str | None = None) -> dict:
                         seen.add(id(t))
                         found.setdefault(adapter, {})[".".join(x for x in (path, attr, sub) if x)] = t
     return found.get(name, {}) if name is not None else found
-
-
-def _all_zero_b(weights: dict) -> bool:
-    """True for a LoRA adapter whose every lora_B (and lora_embedding_B) is zero: it changes nothing."""
-    bs = [t for k, t in weights.items() if {"lora_B", "lora_embedding_B"} & set(k.split("."))]
-    return bool(bs) and not any(t.any() for t in bs)
 
 
 def _fingerprint(weights: dict) -> str | None:
@@ -376,6 +370,7 @@ def list_adapters(model) -> AdapterTable:
     table.running = active_adapter(model)
     running = table.running if isinstance(table.running, list) else [table.running]
     held = _weights(model)
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
     for name, cfg in model.peft_config.items():
         weights = held.get(name, {})
         targets = getattr(cfg, "target_modules", None)
@@ -386,5 +381,5 @@ def list_adapters(model) -> AdapterTable:
             target_modules=",".join(sorted(targets)) if isinstance(targets, (set, list, tuple)) else targets,
             size_bytes=sum(t.numel() * t.element_size() for t in weights.values()),
             sha256=_fingerprint(weights),
-            note="lora_B = 0: адаптер ничего не меняет" if _all_zero_b(weights) else ""))
+            note="lora_B = 0: адаптер ничего не меняет" if untrained(model, name, layers) else ""))
     return table

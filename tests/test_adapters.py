@@ -414,6 +414,29 @@ def test_zero_lora_b_warns(tiny_model, ads):
     assert list_row(model, "zero")["note"].startswith("lora_B = 0")
 
 
+@pytest.mark.parametrize("bias", [0.0, 0.25])
+def test_one_rule_for_untrained_counts_lora_bias(tmp_path, tiny_model, tiny_tokenizer, bias):
+    """lora_B weights zero but a non-zero LoRA bias (lora_bias=True) still changes the model: no warning on load
+    or switch, no note in the table; with the bias zero too, both say so."""
+    base = tiny.make_model(tiny_tokenizer)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], lora_bias=True))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.fill_(bias if n.endswith("bias") else 0.0)
+    model.save_pretrained(str(tmp_path / "b"))
+    plain = logits(tiny_model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = lh.load_adapters(tiny_model, {"b": tmp_path / "b"})
+        lh.switch(loaded, "base")
+        lh.switch(loaded, "b")
+    said = [w for w in caught if "all lora_B weights equal to zero" in str(w.message)]
+    noted = list_row(loaded, "b")["note"].startswith("lora_B = 0")
+    changes = not torch.equal(logits(loaded), plain)
+    assert changes == bool(bias) and noted == (not changes) and len(said) == (0 if changes else 2)
+
+
 def test_trained_adapter_does_not_warn(tiny_model, ads):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -580,9 +603,12 @@ def test_list_adapters_plain_model(tiny_model):
 
 
 def test_demo_adapters_paths():
+    """The shipped adapters are package data; the repository's adapters/ links to the same folders."""
     root = Path(lh.__file__).resolve().parent.parent / "adapters"
-    assert lh.DEMO_ADAPTERS == {"json": root / "lora_json", "coding": root / "lora_coding",
-                                "support": root / "lora_support"}
+    assert {k: v.resolve() for k, v in lh.DEMO_ADAPTERS.items()} == {
+        "json": (root / "lora_json").resolve(), "coding": (root / "lora_coding").resolve(),
+        "support": (root / "lora_support").resolve()}
+    assert all(p.is_relative_to(Path(lh.__file__).parent) for p in lh.DEMO_ADAPTERS.values())
 
 
 def test_switch_warns_for_an_untrained_adapter_made_with_add_adapter(tiny_model):
