@@ -406,6 +406,37 @@ def test_failure_inside_peft_on_peft_model(loaded, ads, monkeypatch):
     assert torch.equal(logits(loaded), before[2])
 
 
+def test_a_load_that_fails_inside_peft_injection_leaves_no_layer_behind(loaded, ads, monkeypatch):
+    """PEFT drops the new config when injecting fails half-way but keeps the layers it filled: they go too."""
+    from peft.tuners.lora import LoraModel
+
+    before = fingerprint(loaded)
+    real, made = LoraModel._create_and_replace, []
+
+    def fails_second(self, *a, **k):
+        made.append(1)
+        if len(made) == 2:
+            raise RuntimeError("out of memory")
+        return real(self, *a, **k)
+    monkeypatch.setattr(LoraModel, "_create_and_replace", fails_second)
+    with pytest.raises(AdapterFileError, match="out of memory.*left as it was"):
+        lh.load_adapters(loaded, {"extra": ads["json"]})  # into layers json has already wrapped
+    assert_same(loaded, before)
+    assert not any(".extra" in n for n, _ in loaded.named_modules())
+
+
+def test_no_private_peft_names_imported():
+    """The package uses PEFT's public names only (a private one may change in any release)."""
+    import ast
+
+    root = Path(lh.__file__).parent
+    private = [(f.name, node.module, a.name) for f in root.rglob("*.py")
+               for node in ast.walk(ast.parse(f.read_text())) if isinstance(node, ast.ImportFrom)
+               and (node.module or "").split(".")[0] == "peft"
+               for a in node.names if a.name.startswith("_") or any(p.startswith("_") for p in node.module.split("."))]
+    assert private == []
+
+
 # ---------------------------------------------------------------- zero-effect warning
 
 def test_zero_lora_b_warns(tiny_model, ads):
