@@ -246,6 +246,17 @@ def _refuse_base_weights(name: str, files: AdapterFiles, keys: list[str]) -> Non
         "or pass allow_base_weights=True if you mean to change the base model itself.")
 
 
+def _layer_names(model) -> set[str]:
+    """The adapter names PEFT's layers hold entries for (read from their public containers' keys)."""
+    found = set()
+    for m in model.modules():
+        if isinstance(m, BaseTunerLayer):
+            for attr in (*m.adapter_layer_names, *m.other_param_names):
+                held = getattr(m, attr, None)
+                found.update(held.keys() if hasattr(held, "keys") else ())
+    return found
+
+
 class _Snapshot:
     """Enough of a model's state to undo a failed load exactly (PEFT's public methods and plain torch calls)."""
 
@@ -265,29 +276,19 @@ class _Snapshot:
             self.cfgs = dict(model.peft_config)
             self.switch = SwitchState(model)
             self.backups = {n: (self.cfgs[n], _weights(model, n)) for n in replaced}  # PEFT drops, we keep
-
-    def _new_names(self) -> list[str]:
-        """Adapters added since the snapshot: in peft_config, or only in the layers (a failed load_adapter removes
-        its config but not the layers it had filled already)."""
-        p = self.peft
-        found = [n for n, c in p.peft_config.items() if self.cfgs.get(n) is not c]
-        for m in p.modules():
-            if isinstance(m, BaseTunerLayer):
-                for attr in (*m.adapter_layer_names, *m.other_param_names):
-                    held = getattr(m, attr, None)
-                    found += [n for n in (held.keys() if hasattr(held, "keys") else ()) if n not in self.cfgs
-                              and n not in found]
-        return found
+            self.orphans = _layer_names(model) - set(self.cfgs)
 
     def restore(self):
         p, base = self.peft, self.base
         if p is not None:
-            for n in self._new_names():
-                if n in p.peft_config:
+            for n, c in list(p.peft_config.items()):
+                if self.cfgs.get(n) is not c:
                     p.delete_adapter(n)
-                else:  # PEFT's own layer-level deletion, for an adapter without a config
-                    delete_adapter(p.base_model.model, n, prefix=p.base_model.prefix,
-                                   layer_cls=p.base_model.tuner_layer_cls)
+            # a failed load_adapter drops its config but keeps what it put into the layers: PEFT's own
+            # layer-level deletion removes that (names the layers held without a config before stay)
+            for n in _layer_names(p) - set(p.peft_config) - self.orphans:
+                delete_adapter(p.base_model.model, n, prefix=p.base_model.prefix,
+                               layer_cls=p.base_model.tuner_layer_cls)
         for parent in list(base.modules()):  # unwrap layers and wrappers injected since the snapshot
             for cname, child in list(parent.named_children()):
                 if id(child) in self.ids:

@@ -150,7 +150,8 @@ def _settled(layer, name: str) -> bool:
         return False
     for attr in layer.adapter_layer_names:
         for part in getattr(layer, attr).values():
-            if part.requires_grad if isinstance(part, torch.Tensor) else any(p.requires_grad for p in part.parameters()):
+            weights = (part,) if isinstance(part, torch.Tensor) else part.parameters()
+            if any(w.requires_grad for w in weights):
                 return False
     return True
 

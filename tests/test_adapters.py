@@ -406,23 +406,25 @@ def test_failure_inside_peft_on_peft_model(loaded, ads, monkeypatch):
     assert torch.equal(logits(loaded), before[2])
 
 
-def test_a_load_that_fails_inside_peft_injection_leaves_no_layer_behind(loaded, ads, monkeypatch):
-    """PEFT drops the new config when injecting fails half-way but keeps the layers it filled: they go too."""
+@pytest.mark.parametrize("name, replace", [("extra", False), ("coding", True)])
+def test_a_load_that_fails_inside_peft_injection_leaves_no_layer_behind(loaded, ads, monkeypatch, name, replace):
+    """PEFT drops the new config when injecting fails half-way but keeps the layers it filled: they go too
+    (json's q_proj and v_proj layers; the replaced "coding" does not target v_proj)."""
     from peft.tuners.lora import LoraModel
 
-    before = fingerprint(loaded)
+    before, layers = fingerprint(loaded), layer_states(loaded)
     real, made = LoraModel._create_and_replace, []
 
-    def fails_second(self, *a, **k):
+    def fails_third(self, *a, **k):
         made.append(1)
-        if len(made) == 2:
+        if len(made) == 3:
             raise RuntimeError("out of memory")
         return real(self, *a, **k)
-    monkeypatch.setattr(LoraModel, "_create_and_replace", fails_second)
+    monkeypatch.setattr(LoraModel, "_create_and_replace", fails_third)
     with pytest.raises(AdapterFileError, match="out of memory.*left as it was"):
-        lh.load_adapters(loaded, {"extra": ads["json"]})  # into layers json has already wrapped
+        lh.load_adapters(loaded, {name: ads["json"]}, replace=replace)  # into layers json has wrapped already
     assert_same(loaded, before)
-    assert not any(".extra" in n for n, _ in loaded.named_modules())
+    assert layer_states(loaded) == layers and list(loaded.peft_config) == ["json", "coding"]
 
 
 def test_no_private_peft_names_imported():
