@@ -11,17 +11,18 @@ import warnings
 from collections.abc import Mapping
 
 import torch
-from peft import PeftModel
-from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
-from peft.utils.other import AuxiliaryTrainingWrapper
+from peft import LoraConfig, PeftModel
+from peft.functional import delete_adapter
+from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
+from peft.utils.other import AuxiliaryTrainingWrapper, get_pattern_key
 
 from . import tables
 from .errors import AdapterError, AdapterExistsError, AdapterFileError, BaseMismatchError
-from .names import BASE, check_name
+from .names import BASE, check_name, loaded_names
 from .storage import AdapterFiles, inspect_adapter, resolve_adapter
-from .switching import SwitchState, active_adapter, loaded_zero, switch, warn_zero
+from .switching import SwitchState, active_adapter, switch, untrained, warn_zero
 
-__all__ = ["active_adapter", "check_compatible", "list_adapters", "load_adapters", "switch"]
+__all__ = ["active_adapter", "check_compatible", "check_new_name", "list_adapters", "load_adapters", "switch"]
 
 _LORA_KEY = re.compile(r"^(.+?)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(\.|$)")
 _TOKENS_KEY = ".token_adapter.trainable_tokens_delta"  # trainable_token_indices: the new rows, not the base's
@@ -41,11 +42,14 @@ def _base_key(name: str) -> str:
 
 
 def _in_out(module):
-    try:
-        in_f, out_f = _get_in_out_features(module)
-    except Exception:  # layer types PEFT does not know
-        in_f = out_f = None
-    return (in_f or getattr(module, "in_features", None), out_f or getattr(module, "out_features", None))
+    """(in, out) features of a layer LoRA can wrap, from torch's own attributes; (None, None) when unknown."""
+    if isinstance(module, torch.nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+        return module.in_channels, module.out_channels
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:  # GPT-2's: (in, out)
+        return tuple(module.weight.shape)
+    return getattr(module, "in_features", None), getattr(module, "out_features", None)  # Linear, bnb, GPTQ...
 
 
 def _expected(module, kind, key, shape):
@@ -81,7 +85,7 @@ def _split_key(key: str) -> tuple[str, str | None]:
 def check_compatible(model, files: AdapterFiles, name: str = "adapter", check_base: bool = True) -> None:
     """Raise BaseMismatchError unless the adapter in ``files`` fits ``model`` (names, modules, shapes)."""
     base = model.base_model.model if isinstance(model, PeftModel) else model
-    modules = dict(base.named_modules())
+    modules = _plain_modules(base)
     theirs, ours = files.config.get("base_model_name_or_path"), _base_name(base)
     bases = f"adapter {name!r} was trained on {theirs or 'an unnamed base'!r}, this model is {ours or 'unnamed'!r}"
     fix = f"Load it on its own base, or retrain it on this one (folder: '{files.folder}')."
@@ -103,6 +107,113 @@ def check_compatible(model, files: AdapterFiles, name: str = "adapter", check_ba
         raise BaseMismatchError(f"{bases}. The shapes fit, but weights tuned for another base make "
                                 f"set_adapter change nothing useful. {fix} If both names are the same weights "
                                 "(e.g. a quantized copy), pass check_base=False.")
+
+
+def _plain_modules(base) -> dict:
+    """{name: module} as the base model names them: a PEFT layer or wrapper stands for the module it wraps, and
+    what PEFT keeps inside it (base_layer, lora_A.<adapter>, modules_to_save.<adapter>...) is left out."""
+    found, inside = {}, None
+    for path, m in base.named_modules():
+        if inside is not None and path.startswith(inside):
+            continue
+        found[path] = m
+        inside = f"{path}." if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper)) else None
+    return found
+
+
+_TAILS = {"lora_A": ("weight",), "lora_B": ("weight", "bias"), "lora_embedding_A": ("",),
+          "lora_embedding_B": ("",), "lora_magnitude_vector": ("",)}  # what follows each LoRA part in a saved key
+_INTERNAL = ("base_layer", "modules_to_save", "original_module", "token_adapter")  # PEFT's in-memory containers
+
+
+def _shown(keys, n: int = 5) -> str:
+    return ", ".join(f"'{k}'" for k in keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def check_keys(files: AdapterFiles, name: str, loaded=()) -> None:
+    """Refuse tensor names that carry an adapter name or one of PEFT's in-memory containers.
+
+    PEFT puts the adapter name into saved keys on loading; a key that already holds one ('...lora_A.coding.weight')
+    or a container ('lm_head.modules_to_save.coding.weight') is loaded as it is named: into another adapter.
+    """
+    bad, named = [], set()
+    for key in files.shapes:
+        bare = key.removeprefix(_PREFIX)
+        path, kind = _split_key(key)
+        tail = bare[len(path) + len(kind) + 2:] if kind in _TAILS else ""
+        if kind in _TAILS and tail not in _TAILS[kind]:
+            named.add(tail.split(".")[0])
+        elif not any(p in _INTERNAL or p.startswith("lora_") for p in path.split(".")):
+            continue
+        named.update(p for p in bare.split(".") if p in loaded)
+        bad.append(key)
+    if not bad:
+        return
+    what = ("adapter(s) " + ", ".join(f"{n!r}" + (" (loaded on this model)" if n in loaded else "")
+                                      for n in sorted(named))) if named else "PEFT's in-memory containers"
+    raise AdapterFileError(
+        f"Adapter {name!r} ('{files.weights}'): tensor(s) {_shown(bad)} name {what}. PEFT loads such a tensor "
+        f"as it is named, so it would overwrite what that name holds in the model instead of loading into "
+        f"{name!r}. Adapter files name no adapter (keys like '...q_proj.lora_A.weight'); save the adapter "
+        "again with save_pretrained or lh.save_adapter.")
+
+
+def _peft_config(files: AdapterFiles, name: str) -> LoraConfig:
+    try:
+        return LoraConfig.from_pretrained(str(files.folder))
+    except (TypeError, ValueError) as e:
+        raise AdapterFileError(f"Adapter {name!r}: '{files.folder}/adapter_config.json' is not a LoRA config PEFT "
+                               f"accepts ({type(e).__name__}: {e}). Save the adapter again.") from e
+
+
+def check_agrees(model, files: AdapterFiles, name: str) -> None:
+    """Raise AdapterFileError unless the tensors are the ones adapter_config.json asks PEFT to create: one
+    lora_A/lora_B pair (DoRA magnitudes, LoRA biases) for each module it targets in ``model``, of its rank, and
+    none for modules it does not target. Otherwise PEFT loads it partly, with at most a warning.
+    """
+    cfg = _peft_config(files, name)
+    base = model.base_model.model if isinstance(model, PeftModel) else model
+    modules = _plain_modules(base)
+    have = {key.removeprefix(_PREFIX): shape for key, shape in files.shapes.items()
+            if _split_key(key)[1] not in (None, "tokens")}
+    where = f"Adapter {name!r} ('{files.folder}')"
+    fix = "Save the adapter again with save_pretrained (or lh.save_adapter), or fix adapter_config.json to match."
+    if isinstance(cfg.target_modules, str) and cfg.target_modules.lower() == "all-linear" or (
+            cfg.target_modules is None or cfg.target_parameters or cfg.layer_replication):
+        return  # PEFT expands these itself from the model; no key-by-key expectation to compare with
+    want = {}
+    for path, m in modules.items():
+        if not path or not check_target_module_exists(cfg, path):
+            continue
+        inner = m.get_base_layer() if isinstance(m, BaseTunerLayer) else m
+        r = cfg.rank_pattern.get(get_pattern_key(cfg.rank_pattern.keys(), path), cfg.r)
+        if isinstance(inner, torch.nn.Embedding):
+            want.update({f"{path}.lora_embedding_A": (r, 0), f"{path}.lora_embedding_B": (r, 1)})
+        else:
+            want.update({f"{path}.lora_A.weight": (r, 0), f"{path}.lora_B.weight": (r, 1)})
+            if cfg.lora_bias:
+                want[f"{path}.lora_B.bias"] = None
+        if cfg.use_dora:
+            want[f"{path}.lora_magnitude_vector"] = None
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    dora = " (use_dora is true: each targeted module also needs its lora_magnitude_vector)" if any(
+        k.endswith("lora_magnitude_vector") for k in missing) else ""
+    if missing:
+        raise AdapterFileError(f"{where}: adapter_config.json targets modules the weights file has no tensors for: "
+                               f"{_shown(missing)} missing{dora}. PEFT would leave them as freshly initialised "
+                               f"LoRA weights. {fix}")
+    if extra:
+        why = ("DoRA magnitudes, but adapter_config.json has use_dora false" if all(
+            k.endswith("lora_magnitude_vector") for k in extra) else
+            "modules adapter_config.json does not target (target_modules, exclude_modules, layers_to_transform)")
+        raise AdapterFileError(f"{where}: the weights file has tensor(s) {_shown(extra)} for {why}; PEFT would "
+                               f"ignore them. {fix}")
+    for key, rank in want.items():
+        if rank is not None and len(have[key]) > rank[1] and have[key][rank[1]] != rank[0]:
+            raise AdapterFileError(
+                f"{where}: tensor '{key}' has rank {have[key][rank[1]]}, but adapter_config.json gives its module "
+                f"rank {rank[0]} (r={cfg.r}{f', rank_pattern={cfg.rank_pattern}' if cfg.rank_pattern else ''}). "
+                f"{fix}")
 
 
 def base_weight_keys(files: AdapterFiles) -> list[str]:
@@ -135,6 +246,17 @@ def _refuse_base_weights(name: str, files: AdapterFiles, keys: list[str]) -> Non
         "or pass allow_base_weights=True if you mean to change the base model itself.")
 
 
+def _layer_names(model) -> set[str]:
+    """The adapter names PEFT's layers hold entries for (read from their public containers' keys)."""
+    found = set()
+    for m in model.modules():
+        if isinstance(m, BaseTunerLayer):
+            for attr in (*m.adapter_layer_names, *m.other_param_names):
+                held = getattr(m, attr, None)
+                found.update(held.keys() if hasattr(held, "keys") else ())
+    return found
+
+
 class _Snapshot:
     """Enough of a model's state to undo a failed load exactly (PEFT's public methods and plain torch calls)."""
 
@@ -154,26 +276,19 @@ class _Snapshot:
             self.cfgs = dict(model.peft_config)
             self.switch = SwitchState(model)
             self.backups = {n: (self.cfgs[n], _weights(model, n)) for n in replaced}  # PEFT drops, we keep
-
-    def _drop(self, name):
-        p = self.peft
-        try:
-            p.delete_adapter(name)
-        except Exception:  # half-injected: remove what PEFT added by hand, through its public containers
-            p.peft_config.pop(name, None)
-            for m in p.modules():
-                if isinstance(m, BaseTunerLayer):
-                    for attr in (*m.adapter_layer_names, *m.other_param_names):
-                        d = getattr(m, attr, None)
-                        if hasattr(d, "keys") and name in d:
-                            del d[name]
+            self.orphans = _layer_names(model) - set(self.cfgs)
 
     def restore(self):
         p, base = self.peft, self.base
         if p is not None:
             for n, c in list(p.peft_config.items()):
                 if self.cfgs.get(n) is not c:
-                    self._drop(n)
+                    p.delete_adapter(n)
+            # a failed load_adapter drops its config but keeps what it put into the layers: PEFT's own
+            # layer-level deletion removes that (names the layers held without a config before stay)
+            for n in _layer_names(p) - set(p.peft_config) - self.orphans:
+                delete_adapter(p.base_model.model, n, prefix=p.base_model.prefix,
+                               layer_cls=p.base_model.tuner_layer_cls)
         for parent in list(base.modules()):  # unwrap layers and wrappers injected since the snapshot
             for cname, child in list(parent.named_children()):
                 if id(child) in self.ids:
@@ -197,6 +312,8 @@ class _Snapshot:
                     with torch.no_grad():
                         for k, t in saved.items():
                             fresh[k].copy_(t)
+            # PEFT has no call that orders adapters: re-added ones go last. Same keys and configs, back in their
+            # order, in place (the base model holds the same dict as p.peft_config)
             order = {k: p.peft_config[k] for k in self.cfgs}
             p.peft_config.clear()
             p.peft_config.update(order)
@@ -249,12 +366,14 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
                            "them in one model. Load the LoRA adapters into a fresh base (lh.load_base()).")
     plans, overwritten = [], []
     for name, source in adapters.items():
-        check_name(name)
-        if name in loaded and not replace:
-            raise AdapterExistsError(f"An adapter named {name!r} is already loaded (loaded: {', '.join(loaded)}). "
-                                     "Pick another name, or pass replace=True to load the new one over it.")
+        if replace:
+            check_name(name)
+        else:
+            check_new_name(model, name, fix="Pick another name, or pass replace=True to load the new one over it.")
         files = inspect_adapter(resolve_adapter(source), allow_pickle=allow_pickle)
+        check_keys(files, name, loaded)
         check_compatible(model, files, name, check_base)
+        check_agrees(model, files, name)
         foreign = base_weight_keys(files)
         if foreign and not allow_base_weights:
             _refuse_base_weights(name, files, foreign)
@@ -282,9 +401,19 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
                                f"({type(e).__name__}: {e}). The model was left as it was; check that the folder "
                                "holds a complete adapter saved by PEFT.") from e
     for name, _ in plans:
-        if loaded_zero(model, name):
+        if untrained(model, name):
             warn_zero(name, stacklevel=3)
     return model
+
+
+def check_new_name(model, name, what: str = "an adapter", fix: str = "Pick another name.") -> str:
+    """Return ``name`` when it can name a new adapter on ``model``: a plain name (``names.check_name``) that is
+    not loaded yet; else AdapterError, or AdapterExistsError ending with ``fix``."""
+    check_name(name, what)
+    loaded = loaded_names(model)
+    if name in loaded:
+        raise AdapterExistsError(f"An adapter named {name!r} is already loaded (loaded: {', '.join(loaded)}). {fix}")
+    return name
 
 
 # ---------------------------------------------------------------- list_adapters: what the model itself holds
@@ -317,12 +446,6 @@ def _weights(model, name: str | None = None) -> dict:
                         seen.add(id(t))
                         found.setdefault(adapter, {})[".".join(x for x in (path, attr, sub) if x)] = t
     return found.get(name, {}) if name is not None else found
-
-
-def _all_zero_b(weights: dict) -> bool:
-    """True for a LoRA adapter whose every lora_B (and lora_embedding_B) is zero: it changes nothing."""
-    bs = [t for k, t in weights.items() if {"lora_B", "lora_embedding_B"} & set(k.split("."))]
-    return bool(bs) and not any(t.any() for t in bs)
 
 
 def _fingerprint(weights: dict) -> str | None:
@@ -376,6 +499,7 @@ def list_adapters(model) -> AdapterTable:
     table.running = active_adapter(model)
     running = table.running if isinstance(table.running, list) else [table.running]
     held = _weights(model)
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
     for name, cfg in model.peft_config.items():
         weights = held.get(name, {})
         targets = getattr(cfg, "target_modules", None)
@@ -386,5 +510,5 @@ def list_adapters(model) -> AdapterTable:
             target_modules=",".join(sorted(targets)) if isinstance(targets, (set, list, tuple)) else targets,
             size_bytes=sum(t.numel() * t.element_size() for t in weights.values()),
             sha256=_fingerprint(weights),
-            note="lora_B = 0: адаптер ничего не меняет" if _all_zero_b(weights) else ""))
+            note="lora_B = 0: адаптер ничего не меняет" if untrained(model, name, layers) else ""))
     return table

@@ -1,8 +1,9 @@
 """Combine loaded LoRA adapters into a new one, on PEFT's ``add_weighted_adapter``."""
 from __future__ import annotations
 
-from .errors import AdapterError, AdapterExistsError, AdapterNotFoundError, MergeError
-from .names import check_name
+from .adapters import check_new_name
+from .errors import AdapterError, MergeError
+from .names import require_loaded
 
 METHODS = ("linear", "ties", "dare_ties", "cat")
 
@@ -28,16 +29,11 @@ def combine_adapters(model, weights: dict, new_name: str, method: str = "linear"
                            "model = lh.load_adapters(model, {name: source}).")
     if not isinstance(weights, dict) or not weights:
         raise AdapterError(f"weights must be a non-empty dict {{adapter name: weight}}, got {weights!r}.")
-    unknown = [n for n in weights if n not in model.peft_config]
-    if unknown:
-        raise AdapterNotFoundError(f"Adapter(s) {unknown} are not loaded; loaded: {', '.join(_loaded(model))}.")
+    require_loaded(model, list(weights))
     if not all(_is_lora(model.peft_config[n]) for n in weights):
         raise AdapterError("combine_adapters combines LoRA adapters only; "
                            f"got {[str(model.peft_config[n].peft_type) for n in weights]}.")
-    check_name(new_name, "the combined adapter")
-    if new_name in model.peft_config:
-        raise AdapterExistsError(f"An adapter named {new_name!r} is already loaded; choose another new_name "
-                                 f"(loaded: {', '.join(_loaded(model))}).")
+    check_new_name(model, new_name, "the combined adapter", fix="Choose another new_name.")
     if method not in METHODS:
         raise AdapterError(f"method={method!r} is not supported; choose one of {', '.join(METHODS)}.")
     bad = {n: w for n, w in weights.items() if isinstance(w, bool) or not isinstance(w, (int, float))}

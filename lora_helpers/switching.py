@@ -17,6 +17,7 @@ import warnings
 from contextlib import contextmanager
 
 import peft
+import torch
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
@@ -33,10 +34,10 @@ def peft_tested(version: str) -> bool:
     return bool(m) and (0, 20) <= (int(m.group(1)), int(m.group(2))) <= (0, 21)
 
 
-# Two shortcuts rely on how PEFT 0.20-0.21 implement their public methods (not on what they document): skipping
-# enable_adapter_layers() when no layer is off, and putting back each layer's own state after a temporary
-# switch. Outside that range only the model-level calls are used (slower; a partly-disabled model comes
-# back wholly enabled or wholly disabled).
+# Three shortcuts rely on how PEFT 0.20-0.21 implement their public methods (not on what they document):
+# enable_adapter_layers() and set_adapter() made of the layers' own calls in one walk (skipped where they would
+# change nothing), and putting back each layer's own state after a temporary switch. Outside that range only the
+# model-level calls are used (slower; a partly-disabled model comes back wholly enabled or wholly disabled).
 TESTED_PEFT = peft_tested(peft.__version__)
 
 
@@ -84,7 +85,8 @@ def switch(model, name) -> None:
     ``name`` may also be a list (one name, or several to run together, as ``base_model.set_adapter`` allows).
     The result equals PEFT's ``enable_adapter_layers()`` + ``set_adapter(name, inference_mode=True)``: every
     adapter weight is frozen afterwards (use PEFT's ``set_adapter`` to train). Unknown names, and sets of
-    adapters PEFT cannot run together, raise an AdapterError and change nothing.
+    adapters PEFT cannot run together, raise an AdapterError and change nothing. Switching to an adapter whose
+    lora_B weights are all zero warns that it changes nothing.
     """
     if not isinstance(model, PeftModel):
         if name == BASE or name == [BASE]:
@@ -95,9 +97,7 @@ def switch(model, name) -> None:
         model.base_model.disable_adapter_layers()
         return
     if len(names) == 1:
-        _enable(model)
-        model.set_adapter(names[0], inference_mode=True)
-        if loaded_zero(model, names[0]):
+        if _switch_one(model, names[0]):
             warn_zero(names[0], stacklevel=3)
         return
     saved = SwitchState(model)
@@ -109,6 +109,51 @@ def switch(model, name) -> None:
         raise AdapterError(f"Adapters {names} cannot run together: PEFT refused ({type(e).__name__}: {e}). "
                            "Each may replace a whole module (modules_to_save, trainable tokens) only alone: "
                            "pick one of them, or a set without such overlaps.") from e
+
+
+def _switch_one(model, name: str) -> bool:
+    """``enable_adapter_layers()`` + ``set_adapter(name, inference_mode=True)`` in one walk over the modules;
+    True when this changed what runs and ``name`` is untrained (lora_B all zero).
+
+    On the tested PEFT versions each layer gets the same layer-level calls PEFT's two methods make, in the same
+    order, and a layer that already runs only ``name`` with every adapter weight frozen is left alone (the call
+    would change nothing there). Wrappers (modules_to_save, trainable tokens), merged layers and prompt learning
+    take PEFT's model-level calls: which adapters a wrapper holds has no public reader.
+    """
+    tuner = model.base_model
+    layers = list(_adapter_modules(model))  # the one walk
+    changed = any(m.disable_adapters for m in layers)
+    if not TESTED_PEFT:
+        tuner.enable_adapter_layers()
+    elif changed:
+        for m in layers:  # what enable_adapter_layers() does, on the modules at hand
+            m.enable_adapters(True)
+    if (not TESTED_PEFT or model.peft_config[name].is_prompt_learning
+            or any(not isinstance(m, BaseTunerLayer) or m.merged for m in layers)):
+        model.set_adapter(name, inference_mode=True)
+        return untrained(model, name, layers)
+    changed = changed or model.active_adapter != name or tuner.active_adapter != name
+    for m in layers:
+        if isinstance(m, tuner.tuner_layer_cls) and not _settled(m, name):
+            m.set_adapter(name, inference_mode=True)
+            changed = True
+    # what PEFT's set_adapter records beside the layers: the same public attributes, set as it sets them
+    model.active_adapter = name
+    tuner.active_adapter = name
+    return changed and untrained(model, name, layers)
+
+
+def _settled(layer, name: str) -> bool:
+    """True when ``layer`` runs only ``name`` and no adapter weight in it trains: ``set_adapter(name,
+    inference_mode=True)`` would change nothing in it."""
+    if layer.active_adapter != [name]:
+        return False
+    for attr in layer.adapter_layer_names:
+        for part in getattr(layer, attr).values():
+            weights = (part,) if isinstance(part, torch.Tensor) else part.parameters()
+            if any(w.requires_grad for w in weights):
+                return False
+    return True
 
 
 def active_adapter(model):
@@ -196,14 +241,19 @@ def warn_zero(name: str, stacklevel: int) -> None:
                   "was created with add_adapter); train it, or load the trained folder.", stacklevel=stacklevel)
 
 
-def loaded_zero(model, name: str) -> bool:
-    """True when every lora_B (and lora_embedding_B) of a loaded LoRA adapter is zero; usually the first decides."""
-    def weights():
-        for m in model.modules():
-            if name in getattr(m, "lora_B", {}):
-                yield m.lora_B[name].weight
-            if name in getattr(m, "lora_embedding_B", {}):
-                yield m.lora_embedding_B[name]
-    ws = weights()
-    first = next(ws, None)
-    return first is not None and not first.any() and not any(w.any() for w in ws)
+def untrained(model, name: str, layers=None) -> bool:
+    """True when LoRA adapter ``name`` changes nothing: it has lora_B weights (or lora_embedding_B) and every one
+    of them, biases included, is zero. Stops at the first non-zero tensor (for a trained adapter, the first).
+
+    ``layers``: the model's adapter layers when the caller has them already (saves a walk).
+    """
+    found = False
+    for m in (_adapter_modules(model) if layers is None else layers):
+        b, emb = getattr(m, "lora_B", None), getattr(m, "lora_embedding_B", None)
+        tensors = [*(b[name].parameters() if b is not None and name in b else ()),
+                   *((emb[name],) if emb is not None and name in emb else ())]
+        for t in tensors:
+            if t.any():
+                return False
+            found = True
+    return found

@@ -406,12 +406,68 @@ def test_failure_inside_peft_on_peft_model(loaded, ads, monkeypatch):
     assert torch.equal(logits(loaded), before[2])
 
 
+@pytest.mark.parametrize("name, replace", [("extra", False), ("coding", True)])
+def test_a_load_that_fails_inside_peft_injection_leaves_no_layer_behind(loaded, ads, monkeypatch, name, replace):
+    """PEFT drops the new config when injecting fails half-way but keeps the layers it filled: they go too
+    (json's q_proj and v_proj layers; the replaced "coding" does not target v_proj)."""
+    from peft.tuners.lora import LoraModel
+
+    before, layers = fingerprint(loaded), layer_states(loaded)
+    real, made = LoraModel._create_and_replace, []
+
+    def fails_third(self, *a, **k):
+        made.append(1)
+        if len(made) == 3:
+            raise RuntimeError("out of memory")
+        return real(self, *a, **k)
+    monkeypatch.setattr(LoraModel, "_create_and_replace", fails_third)
+    with pytest.raises(AdapterFileError, match="out of memory.*left as it was"):
+        lh.load_adapters(loaded, {name: ads["json"]}, replace=replace)  # into layers json has wrapped already
+    assert_same(loaded, before)
+    assert layer_states(loaded) == layers and list(loaded.peft_config) == ["json", "coding"]
+
+
+def test_no_private_peft_names_imported():
+    """The package uses PEFT's public names only (a private one may change in any release)."""
+    import ast
+
+    root = Path(lh.__file__).parent
+    private = [(f.name, node.module, a.name) for f in root.rglob("*.py")
+               for node in ast.walk(ast.parse(f.read_text())) if isinstance(node, ast.ImportFrom)
+               and (node.module or "").split(".")[0] == "peft"
+               for a in node.names if a.name.startswith("_") or any(p.startswith("_") for p in node.module.split("."))]
+    assert private == []
+
+
 # ---------------------------------------------------------------- zero-effect warning
 
 def test_zero_lora_b_warns(tiny_model, ads):
     with pytest.warns(UserWarning, match="'zero' has all lora_B weights equal to zero.*will not change"):
         model = lh.load_adapters(tiny_model, {"zero": ads["zero"]})
     assert list_row(model, "zero")["note"].startswith("lora_B = 0")
+
+
+@pytest.mark.parametrize("bias", [0.0, 0.25])
+def test_one_rule_for_untrained_counts_lora_bias(tmp_path, tiny_model, tiny_tokenizer, bias):
+    """lora_B weights zero but a non-zero LoRA bias (lora_bias=True) still changes the model: no warning on load
+    or switch, no note in the table; with the bias zero too, both say so."""
+    base = tiny.make_model(tiny_tokenizer)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], lora_bias=True))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.fill_(bias if n.endswith("bias") else 0.0)
+    model.save_pretrained(str(tmp_path / "b"))
+    plain = logits(tiny_model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = lh.load_adapters(tiny_model, {"b": tmp_path / "b"})
+        lh.switch(loaded, "base")
+        lh.switch(loaded, "b")
+    said = [w for w in caught if "all lora_B weights equal to zero" in str(w.message)]
+    noted = list_row(loaded, "b")["note"].startswith("lora_B = 0")
+    changes = not torch.equal(logits(loaded), plain)
+    assert changes == bool(bias) and noted == (not changes) and len(said) == (0 if changes else 2)
 
 
 def test_trained_adapter_does_not_warn(tiny_model, ads):
@@ -580,9 +636,12 @@ def test_list_adapters_plain_model(tiny_model):
 
 
 def test_demo_adapters_paths():
+    """The shipped adapters are package data; the repository's adapters/ links to the same folders."""
     root = Path(lh.__file__).resolve().parent.parent / "adapters"
-    assert lh.DEMO_ADAPTERS == {"json": root / "lora_json", "coding": root / "lora_coding",
-                                "support": root / "lora_support"}
+    assert {k: v.resolve() for k, v in lh.DEMO_ADAPTERS.items()} == {
+        "json": (root / "lora_json").resolve(), "coding": (root / "lora_coding").resolve(),
+        "support": (root / "lora_support").resolve()}
+    assert all(p.is_relative_to(Path(lh.__file__).parent) for p in lh.DEMO_ADAPTERS.values())
 
 
 def test_switch_warns_for_an_untrained_adapter_made_with_add_adapter(tiny_model):

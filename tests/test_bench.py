@@ -66,6 +66,21 @@ def test_switch_bench_is_the_measured_pair_and_cycles_the_names(tiny_model, monk
     assert lh.active_adapter(model) == "json"
 
 
+def test_switch_bench_times_both_sides_alike(tiny_model, monkeypatch):
+    """Same repeats and warm-up for both, and PEFT's side is set_adapter(inference_mode=True), as switch leaves it."""
+    model = peft_tiny(tiny_model)
+    seen = []
+
+    def fake(fn, repeat=5, warmup=0, setup=None):
+        for _ in range(warmup + 2):
+            fn()
+        seen.append((repeat, warmup, sorted(n for n, p in model.named_parameters() if p.requires_grad)))
+        return Timings([0.001], None)
+    monkeypatch.setattr(bench, "time_calls", fake)
+    bench.bench_switch(model, ["json", "coding"], repeat=7)
+    assert seen == [(7, 2, []), (7, 2, [])]
+
+
 def test_load_bench_loads_onto_a_fresh_base_each_time(tmp_path, monkeypatch):
     folder = tmp_path / "lora_json"
     folder.mkdir()

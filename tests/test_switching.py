@@ -406,3 +406,60 @@ def test_after_base_peft_set_adapter_alone_keeps_adapters_off(tiny_model):
     assert torch.equal(logits(model), without)        # silently still the base
     lh.switch(model, "json")
     assert torch.equal(logits(model), with_adapter)
+
+
+# ------------------------------------------------------------------------------------------ switch's cost
+
+def walks_during(model, fn):
+    """How many times ``fn`` walks the whole model: ``modules()`` called on the PeftModel, its tuner or the base."""
+    tops = {id(model), id(model.base_model), id(model.base_model.model)}
+    real, count = torch.nn.Module.modules, []
+
+    def counting(self):
+        if id(self) in tops:
+            count.append(type(self).__name__)
+        return real(self)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.Module, "modules", counting)
+        fn()
+    return len(count)
+
+
+def two_lora(tiny_model):
+    torch.manual_seed(0)
+    cfg = dict(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(tiny_model, LoraConfig(**cfg), adapter_name="json")
+    model.add_adapter("coding", LoraConfig(**cfg))
+    return model.eval()
+
+
+def test_switch_walks_the_modules_once(tiny_model, tiny_tokenizer):
+    """PEFT's set_adapter walks the model twice; switch (enable_adapter_layers + set_adapter) once."""
+    model = two_lora(tiny_model)
+    twin = two_lora(tiny.make_model(tiny_tokenizer))
+    assert walks_during(twin, lambda: twin.set_adapter("coding", inference_mode=True)) == 2
+    for name in ("coding", "json", BASE, "coding"):
+        walks = walks_during(model, lambda: lh.switch(model, name))
+        assert walks == 1, (name, walks)
+        peft_switch(twin, name)
+        assert_same(model, twin, name)
+
+
+def test_switch_to_what_runs_already_changes_nothing(tiny_model, monkeypatch):
+    """No layer is touched and no warning repeats when the adapter asked for runs already, frozen."""
+    model = two_lora(tiny_model)
+    model.add_adapter("blank", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))  # lora_B = 0
+    with pytest.warns(UserWarning, match="'blank' has all lora_B"):
+        lh.switch(model, "blank")
+    from peft.tuners.lora import LoraLayer
+    calls = []
+    real = LoraLayer.set_adapter
+    monkeypatch.setattr(LoraLayer, "set_adapter", lambda self, *a, **k: calls.append(a) or real(self, *a, **k))
+    before = state(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lh.switch(model, "blank")
+    assert calls == [] and state(model) == before
+    next(p for n, p in model.named_parameters() if ".lora_A.blank." in n).requires_grad_(True)  # one layer trains
+    lh.switch(model, "blank")  # ...so that layer (only) is set again, and its weight frozen
+    assert len(calls) == 1 and not any(p.requires_grad for p in model.parameters())

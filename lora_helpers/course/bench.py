@@ -27,8 +27,9 @@ MIXED_PROMPTS = [
 
 
 # ----------------------------------------------------------------------------- the measurements
-def bench_switch(model, names, repeat: int = 30) -> dict:
-    """lh.switch vs PEFT set_adapter, median seconds per call (cycling through ``names``)."""
+def bench_switch(model, names, repeat: int = 300) -> dict:
+    """lh.switch vs PEFT ``set_adapter(name, inference_mode=True)`` (what switch leaves: frozen weights), median
+    seconds per call, cycling through ``names``; both timed alike (same repeats, same warm-up)."""
     from ..adapters import switch
 
     def cycle(fn):
@@ -39,9 +40,11 @@ def bench_switch(model, names, repeat: int = 30) -> dict:
             state["i"] += 1
         return step
 
-    fast = time_calls(cycle(lambda n: switch(model, n)), repeat=repeat * 10, warmup=len(names)).median
     switch(model, names[0])
-    peft = time_calls(cycle(model.set_adapter), repeat=repeat, warmup=len(names)).median
+    fast = time_calls(cycle(lambda n: switch(model, n)), repeat=repeat, warmup=len(names)).median
+    switch(model, names[0])
+    peft = time_calls(cycle(lambda n: model.set_adapter(n, inference_mode=True)), repeat=repeat,
+                      warmup=len(names)).median
     switch(model, names[0])
     return {"switch_s": fast, "set_adapter_s": peft, "ratio": peft / fast}
 
