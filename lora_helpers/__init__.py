@@ -5,6 +5,7 @@ The public API lives here and nowhere else; README.md ("The package's layout") s
 from .errors import (
     AdapterError, AdapterExistsError, AdapterFileError, AdapterNotFoundError, BaseMismatchError,
     BaseModelError, MergeError, PromptError, StorageError, ServeError, AdapterNotServedError,
+    UntrainedAdapterWarning,
 )
 # -- module exports (one line per module) --
 from .base import PRESETS, cache_dir, in_colab, load_base, pick_device, setup

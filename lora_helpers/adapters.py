@@ -461,6 +461,9 @@ def _fingerprint(weights: dict) -> str | None:
     return h.hexdigest()
 
 
+SHOWN_TYPES = {"LORA": "LoRA", "LOHA": "LoHa", "LOKR": "LoKr"}  # PEFT's enum values as papers write them
+
+
 class AdapterTable(list):
     """One dict per loaded adapter; prints as a table (text or HTML in a notebook), in Russian."""
     columns = {"name": "имя", "active": "активен", "type": "тип", "base": "база", "rank": "ранг", "alpha": "alpha",
@@ -471,7 +474,8 @@ class AdapterTable(list):
     def _shown(self) -> list[dict]:
         """The rows as a reader sees them ("—" where a value does not apply, e.g. an IA3 adapter's rank)."""
         return [{**r, "active": "да" if r["active"] else "", "base": r["base"] or UNKNOWN,
-                 "size_bytes": f"{r['size_bytes'] / 2**20:.2f} MiB", "sha256": (r["sha256"] or UNKNOWN)[:12]}
+                 "type": SHOWN_TYPES.get(r["type"], r["type"]),
+                 "size_bytes": f"{r['size_bytes'] / 2**20:.2f} МиБ", "sha256": (r["sha256"] or UNKNOWN)[:12]}
                 for r in self]
 
     def __repr__(self):

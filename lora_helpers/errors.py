@@ -52,3 +52,8 @@ class ServeError(AdapterError):
 
 class AdapterNotServedError(ServeError, AdapterNotFoundError):
     """The server does not serve an adapter (or model) of that name."""
+
+
+class UntrainedAdapterWarning(UserWarning):
+    """An adapter whose every lora_B is zero was loaded or switched to: it changes nothing (never trained,
+    or made with ``add_adapter``). A class of its own, so a notebook can say it in the learner's language."""

@@ -22,7 +22,7 @@ from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 
-from .errors import AdapterError, AdapterNotFoundError
+from .errors import AdapterError, AdapterNotFoundError, UntrainedAdapterWarning
 from .names import BASE
 
 _ADAPTER_MODULES = (BaseTunerLayer, AuxiliaryTrainingWrapper)  # what PEFT's own enable/disable walk reaches
@@ -238,7 +238,8 @@ def temporary_switch(model, name):
 def warn_zero(name: str, stacklevel: int) -> None:
     warnings.warn(f"Adapter {name!r} has all lora_B weights equal to zero, so it will not change the "
                   "model: switching to it gives the same answers as the base. It was never trained (or "
-                  "was created with add_adapter); train it, or load the trained folder.", stacklevel=stacklevel)
+                  "was created with add_adapter); train it, or load the trained folder.", UntrainedAdapterWarning,
+                  stacklevel=stacklevel)
 
 
 def untrained(model, name: str, layers=None) -> bool:

@@ -442,7 +442,7 @@ def test_no_private_peft_names_imported():
 # ---------------------------------------------------------------- zero-effect warning
 
 def test_zero_lora_b_warns(tiny_model, ads):
-    with pytest.warns(UserWarning, match="'zero' has all lora_B weights equal to zero.*will not change"):
+    with pytest.warns(lh.UntrainedAdapterWarning, match="'zero' has all lora_B weights equal to zero.*will not change"):
         model = lh.load_adapters(tiny_model, {"zero": ads["zero"]})
     assert list_row(model, "zero")["note"].startswith("lora_B = 0")
 
@@ -509,8 +509,8 @@ def test_list_adapters(loaded, ads, tiny_tokenizer):
     assert lines[0].split()[:4] == ["имя", "активен", "тип", "база"] and "размер весов" in lines[0]
     assert "gate_proj,o_proj,q_proj" in text and b["sha256"][:12] in text and lines[-1] == "работает: coding"
     assert "да" in lines[3] and "неизвестно" in lines[4]  # coding runs; fresh has no recorded base
-    assert f"{b['size_bytes'] / 2**20:.2f} MiB" in lines[3]
-    assert " MB" not in text and " KB" not in text  # one unit everywhere: MiB
+    assert f"{b['size_bytes'] / 2**20:.2f} МиБ" in lines[3] and "LoRA" in lines[3]
+    assert " MB" not in text and " KB" not in text and "MiB" not in text and "LORA" not in text  # Russian on screen
     html = table._repr_html_()
     assert html.startswith("<table>") and ">fresh</td>" in html and ">имя</th>" in html
     lh.switch(loaded, "base")

@@ -449,7 +449,7 @@ def test_switch_to_what_runs_already_changes_nothing(tiny_model, monkeypatch):
     """No layer is touched and no warning repeats when the adapter asked for runs already, frozen."""
     model = two_lora(tiny_model)
     model.add_adapter("blank", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))  # lora_B = 0
-    with pytest.warns(UserWarning, match="'blank' has all lora_B"):
+    with pytest.warns(lh.UntrainedAdapterWarning, match="'blank' has all lora_B"):
         lh.switch(model, "blank")
     from peft.tuners.lora import LoraLayer
     calls = []
