@@ -25,8 +25,11 @@ TOKEN = "hf_aliceWriteToken1234567890abcdefghij"
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    for var in ("LORA_SESSION_DIR", "LORA_DRIVE_DIR", "HF_TOKEN", "HF_ENDPOINT"):
+    import huggingface_hub.constants as C
+    for var in ("LORA_SESSION_DIR", "LORA_DRIVE_DIR", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE",
+                "HF_ENDPOINT", "LORA_HUB_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(C, "HF_TOKEN_PATH", str(tmp_path / "no_hf_login" / "token"))  # not this machine's login
     monkeypatch.setattr(storage, "_announced", set())
     monkeypatch.chdir(tmp_path)
 
@@ -263,11 +266,27 @@ def test_hub_subfolder_revision_and_public(hub, model, tiny_tokenizer):
         lh.resolve_adapter("hub:alice/zoo/coding@v9")
 
 
+def in_a_colab_notebook(monkeypatch, fake_colab):
+    """What huggingface_hub's get_token() needs to read the Colab secret: it does so only in a Colab notebook
+    kernel (decided when it is imported), once per session, catching the errors of google.colab's userdata."""
+    from huggingface_hub.utils import _auth
+    userdata, errors = sys.modules["google.colab.userdata"], types.ModuleType("google.colab.errors")
+    errors.Error = type("Error", (Exception,), {})
+    monkeypatch.setattr(userdata, "SecretNotFoundError", KeyError, raising=False)
+    monkeypatch.setattr(userdata, "NotebookAccessError", type("NotebookAccessError", (Exception,), {}),
+                        raising=False)
+    monkeypatch.setitem(sys.modules, "google.colab.errors", errors)
+    monkeypatch.setattr(_auth, "is_google_colab", lambda: True)
+    monkeypatch.setattr(_auth, "_IS_GOOGLE_COLAB_CHECKED", False)
+    monkeypatch.setattr(_auth, "_GOOGLE_COLAB_SECRET", None)
+
+
 def test_hub_token_from_env_and_colab_secret(hub, model, monkeypatch, fake_colab):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert lh.save_adapter(model, "json", where="hub") == "alice/json"
     monkeypatch.delenv("HF_TOKEN")
     fake_colab.secrets["HF_TOKEN"] = "hf_bobToken"
+    in_a_colab_notebook(monkeypatch, fake_colab)
     assert lh.save_adapter(model, "json", where="hub") == "bob/json"
     assert hub.auth_seen[-1] == "hf_bobToken"
 
@@ -650,21 +669,8 @@ def published(hub, model):
 
 @pytest.fixture
 def short_timeouts(monkeypatch):
-    """Client timeouts of 1 s (repo_info asks for none by default, and the client's default is none)."""
-    import huggingface_hub
-    from huggingface_hub.hf_api import HfApi
-    from huggingface_hub.utils import _http
-
-    def quick():
-        client = _http.default_client_factory()
-        client.timeout = 1.0
-        return client
-
-    real_info = HfApi.repo_info
-    monkeypatch.setattr(HfApi, "repo_info", lambda self, *a, **kw: real_info(self, *a, **{**kw, "timeout": 1.0}))
-    huggingface_hub.set_client_factory(quick)
-    yield
-    huggingface_hub.set_client_factory(_http.default_client_factory)
+    """Hub calls limited to 1.5 s in all by the library's own setting (its default is 60 s)."""
+    monkeypatch.setenv("LORA_HUB_TIMEOUT", "1.5")
 
 
 @pytest.mark.parametrize("route, how, words", [
