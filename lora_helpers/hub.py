@@ -1,10 +1,11 @@
 """The Hugging Face Hub side of storage: fetch an adapter ('hub:owner/repo[/sub][@rev]'), upload one.
 
-:func:`find_token` is huggingface_hub's own ``get_token()`` unless a token is given. Repository ids and
-revisions are checked before any request. Every Hub call ends: it runs under a total deadline
-(``LORA_HUB_TIMEOUT`` seconds, default 60; a large upload on a slow line may need more), and each of its
-requests waits at most a third of that for any one step. Timeouts, cut connections and server failures become
-a :class:`StorageError` that says what happened; no error shows the token, in its text or in a chained error.
+:func:`find_token` is huggingface_hub's own ``get_token()`` (plus the Colab secret in a Colab runtime it does
+not recognise) unless a token is given. Repository ids and revisions are checked before any request. Every Hub
+call ends: it runs under a total deadline (``LORA_HUB_TIMEOUT`` seconds, default 60; a large upload on a slow
+line may need more), and each of its requests waits at most a third of that for any one step. Timeouts, cut
+connections and server failures become a :class:`StorageError` that says what happened; no error shows the
+token, in its text or in a chained error.
 ``HF_ENDPOINT`` is read at call time (tests point it at a local stand-in Hub).
 
 How the limits reach huggingface_hub without replacing a client factory you set: its shared HTTP client
@@ -24,6 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
+from .base import in_colab
 from .errors import AdapterError, AdapterNotFoundError, StorageError
 from .folders import disk_error
 
@@ -48,11 +50,23 @@ def _scrub(text: str, token) -> str:
 
 def find_token(token=None):
     """``token`` if given, else huggingface_hub's ``get_token()``: ``HF_TOKEN``, the ``hf auth login`` token file
-    (under ``HF_HOME``), the Colab secret ``HF_TOKEN`` in a Colab notebook. None if there is none."""
+    (under ``HF_HOME``), the Colab secret ``HF_TOKEN``. None if there is none.
+
+    get_token() reads the Colab secret only where it recognises Colab's own notebook shell; in a Colab runtime
+    it does not recognise (a kernel started otherwise), the secret is read here, once per call.
+    """
     if token:
         return token
     from huggingface_hub import get_token
-    return get_token()
+    from huggingface_hub.utils import is_google_colab
+    found = get_token()
+    if found or is_google_colab() or not in_colab():
+        return found
+    try:
+        from google.colab import userdata
+        return userdata.get("HF_TOKEN") or None
+    except Exception:  # secret missing or notebook access not granted
+        return None
 
 
 def timeout_s() -> float:

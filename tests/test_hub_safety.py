@@ -264,3 +264,22 @@ def test_find_token_order_argument_env_file(tmp_path, monkeypatch):
     login.unlink()
     monkeypatch.delenv("HF_TOKEN")
     assert lh.find_token() is None
+
+
+def test_a_colab_secret_is_read_here_only_where_huggingface_hub_does_not(monkeypatch):
+    """get_token() reads the Colab secret itself where it recognises Colab; asking again would prompt twice."""
+    import importlib.machinery
+    import types
+
+    import huggingface_hub.utils
+    asked = []
+    google, colab, userdata = (types.ModuleType(n) for n in ("google", "google.colab", "google.colab.userdata"))
+    userdata.get = lambda key: asked.append(key) or "hf_fromTheColabSecret"
+    google.colab, colab.userdata = colab, userdata
+    for mod in (google, colab, userdata):
+        mod.__spec__ = importlib.machinery.ModuleSpec(mod.__name__, None)
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    assert lh.find_token() == "hf_fromTheColabSecret" and asked == ["HF_TOKEN"]  # a Colab it does not see
+    asked.clear()
+    monkeypatch.setattr(huggingface_hub.utils, "is_google_colab", lambda: True)  # it sees Colab: it asked already
+    assert lh.find_token() is None and asked == []

@@ -266,27 +266,11 @@ def test_hub_subfolder_revision_and_public(hub, model, tiny_tokenizer):
         lh.resolve_adapter("hub:alice/zoo/coding@v9")
 
 
-def in_a_colab_notebook(monkeypatch, fake_colab):
-    """What huggingface_hub's get_token() needs to read the Colab secret: it does so only in a Colab notebook
-    kernel (decided when it is imported), once per session, catching the errors of google.colab's userdata."""
-    from huggingface_hub.utils import _auth
-    userdata, errors = sys.modules["google.colab.userdata"], types.ModuleType("google.colab.errors")
-    errors.Error = type("Error", (Exception,), {})
-    monkeypatch.setattr(userdata, "SecretNotFoundError", KeyError, raising=False)
-    monkeypatch.setattr(userdata, "NotebookAccessError", type("NotebookAccessError", (Exception,), {}),
-                        raising=False)
-    monkeypatch.setitem(sys.modules, "google.colab.errors", errors)
-    monkeypatch.setattr(_auth, "is_google_colab", lambda: True)
-    monkeypatch.setattr(_auth, "_IS_GOOGLE_COLAB_CHECKED", False)
-    monkeypatch.setattr(_auth, "_GOOGLE_COLAB_SECRET", None)
-
-
 def test_hub_token_from_env_and_colab_secret(hub, model, monkeypatch, fake_colab):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert lh.save_adapter(model, "json", where="hub") == "alice/json"
     monkeypatch.delenv("HF_TOKEN")
     fake_colab.secrets["HF_TOKEN"] = "hf_bobToken"
-    in_a_colab_notebook(monkeypatch, fake_colab)
     assert lh.save_adapter(model, "json", where="hub") == "bob/json"
     assert hub.auth_seen[-1] == "hf_bobToken"
 
