@@ -3,16 +3,34 @@
 :class:`RoutedClient` routes a prompt with a project router and sends it to an OpenAI-compatible server
 (vLLM started with :func:`lora_helpers.serve.vllm_command`) with ``model=<adapter name>``. ``openai`` is
 imported when a client is made, not with this module.
+
+Credentials never show: a ``user:password@`` in the URL is sent as an ``Authorization: Basic`` header (the URL
+the HTTP library logs has none), query values (``?key=...``) are sent but taken out of the HTTP libraries' log
+lines, and messages carry ``***`` for both and for the API key. Every call ends within ``timeout`` seconds.
 """
 from __future__ import annotations
 
+import base64
+import logging
+import math
 import os
+import re
+import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from .errors import AdapterError, AdapterNotServedError, ServeError
 from .names import BASE
+
+DEFAULT_TIMEOUT_S = 60.0
+_LOGGERS = ("httpx", "httpx2", "openai", "openai._base_client")  # where the HTTP libraries log requests
+_CLIENTS: weakref.WeakSet = weakref.WeakSet()  # live clients, whose secrets the log filter takes out
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+_AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/=-]+")
+_SECRET_PARAM = re.compile(r"(?i)([?&;](?:[a-z_-]*key|[a-z_-]*token|auth|password|pass|secret|sig|signature)=)"
+                           r"[^&;#\s'\"]+")
 
 
 def _server_message(e) -> str:
@@ -26,43 +44,112 @@ def _server_message(e) -> str:
     return getattr(e, "message", None) or str(e)
 
 
+def _scrub(text: str, secrets=()) -> str:
+    """``text`` without ``secrets``, URL credentials, Basic/Bearer values or key/token query values."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    text = _URL_CREDENTIALS.sub(r"\1***@", text)
+    return _SECRET_PARAM.sub(r"\1***", _AUTH_VALUE.sub(r"\1 ***", text))
+
+
 def _without_credentials(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``: what messages may show."""
+    """``url`` as messages may show it: ``***@`` for ``user:password@``, ``***`` for every query value."""
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    netloc = "***@" + parts.netloc.rpartition("@")[2] if "@" in parts.netloc else parts.netloc
+    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _split_url(base_url):
+    """``base_url`` (``/v1`` added when missing) as (the URL to send to, the URL to show, headers, query, the
+    secrets in it): ``user:password@`` becomes a Basic header, as httpx would send it, and leaves the URL."""
+    parts = urlsplit(str(base_url).strip())
+    path = parts.path.rstrip("/")
+    parts = parts._replace(path=path if path.endswith("/v1") else path + "/v1", fragment="")
+    url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    headers = {}
+    if user or password:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    secrets = (parts.netloc.rpartition("@")[0], parts.password, password, headers.get("Authorization"),
+               *query.values())
+    return url, _without_credentials(urlunsplit(parts)), headers, query, secrets
+
+
+class _Redact(logging.Filter):
+    """Takes live clients' secrets out of the HTTP libraries' log records (the request line shows the query)."""
+
+    def filter(self, record):
+        secrets = [s for client in list(_CLIENTS) for s in client._secrets]
+        if secrets:
+            text = record.getMessage()
+            clean = _scrub(text, secrets)
+            if clean != text:
+                record.msg, record.args = clean, None
+        return True
+
+
+_REDACT = _Redact()
+
+
+def _within(seconds: float, fn):
+    """``fn()`` in a daemon thread; TimeoutError when it is not done in ``seconds`` (whatever the server does)."""
+    box: dict = {}
+
+    def work():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+
+    worker = threading.Thread(target=work, name="lora_helpers client call", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(f"no answer in {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 class RoutedClient:
     """Route each prompt with ``router`` and ask an OpenAI-compatible server with ``model=<adapter name>``.
 
-    ``base_url``: e.g. "http://127.0.0.1:8000/v1" (``/v1`` is added when missing; credentials in it are used
-    but never shown: ``self.base_url`` and messages carry ``***@`` instead). ``router``: anything with
-    ``.route(text) -> name`` (``lh.make_router("keyword")``). The route "base" goes to the base model's
-    served name (``base_model_name``, else asked from the server's ``/v1/models`` once). Replies are greedy
-    (temperature 0) unless told otherwise. Server errors and replies that are not OpenAI's format become
+    ``base_url``: e.g. "http://127.0.0.1:8000/v1" (``/v1`` is added when missing; a ``user:password@`` or a
+    query in it is used but never shown: ``self.base_url``, messages and the HTTP libraries' log lines carry
+    ``***`` instead). ``router``: anything with ``.route(text) -> name`` (``lh.make_router("keyword")``). The
+    route "base" goes to the base model's served name (``base_model_name``, else asked from the server's
+    ``/v1/models`` once). Replies are greedy (temperature 0) unless told otherwise. ``timeout``: the seconds one
+    call (a chat, the model list) may take in all, retries included (default 60; raise it for long generations
+    on a slow server). Server errors, timeouts and replies that are not OpenAI's format become
     :class:`ServeError` (:class:`AdapterNotServedError` when the server does not serve that adapter).
     """
 
     def __init__(self, base_url: str, router, api_key: str | None = None, base_model_name: str | None = None,
-                 *, timeout: float = 120.0, max_retries: int = 1, max_workers: int = 8):
+                 *, timeout: float = DEFAULT_TIMEOUT_S, max_retries: int = 1, max_workers: int = 8):
         try:
             import openai
         except ImportError:
             raise ServeError("RoutedClient needs the `openai` package: pip install openai") from None
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise AdapterError(f"timeout={timeout!r} is not a number of seconds: expected a positive number such "
+                               f"as {DEFAULT_TIMEOUT_S:g} (the default).")
         self._openai = openai
-        url = str(base_url).rstrip("/")
-        url = url if url.endswith("/v1") else url + "/v1"
-        self.base_url = _without_credentials(url)
+        url, self.base_url, headers, query, secrets = _split_url(base_url)
         self.router = router
         self.base_model_name = base_model_name
         self.max_workers = max_workers
+        self.timeout = float(timeout)
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-        parts = urlsplit(url)
-        secrets = (parts.netloc.rpartition("@")[0], parts.password, unquote(parts.password or ""), api_key)
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 4 and s != "EMPTY"}, key=len, reverse=True)
-        self.client = openai.OpenAI(base_url=url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        self._secrets = sorted({s for s in (*secrets, api_key) if s and len(s) >= 4 and s != "EMPTY"}, key=len,
+                               reverse=True)
+        self.client = openai.OpenAI(base_url=url, api_key=api_key, timeout=self.timeout, max_retries=max_retries,
+                                    default_headers=headers or None, default_query=query or None)
+        _CLIENTS.add(self)
+        for name in _LOGGERS:
+            if _REDACT not in logging.getLogger(name).filters:
+                logging.getLogger(name).addFilter(_REDACT)
 
     def __repr__(self):
         return f"RoutedClient({self.base_url!r}, router={type(self.router).__name__})"
@@ -78,34 +165,36 @@ class RoutedClient:
 
     def _clean(self, text) -> str:
         """``text`` without the URL's credentials or the API key (a server may echo them)."""
-        text = str(text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return _scrub(str(text), self._secrets)
 
     def _not_openai(self, reply: str) -> ServeError:
         return ServeError(f"The server at {self.base_url} answered, but its reply is not a {reply} in OpenAI's "
                           "format. Is that URL an OpenAI-compatible server (vLLM: `vllm serve`, see "
                           "lh.serve.vllm_command), not a proxy login page or another service?")
 
-    @contextmanager
-    def _errors(self, model: str | None = None):
+    def _ask(self, fn, model: str | None = None):
+        """``fn()`` within ``self.timeout`` s; its failures as ServeError, with no chained error (a server may
+        quote credentials back in one)."""
         openai = self._openai
         try:
-            yield
+            return _within(self.timeout, fn)
+        except (TimeoutError, openai.APITimeoutError):
+            failure = ServeError(f"The server at {self.base_url} did not answer within {self.timeout:g} s. Is it "
+                                 "overloaded or stuck? For long generations pass a larger timeout= (seconds).")
         except openai.NotFoundError as e:
             what = f"model {model!r}" if model else "that path"
-            raise AdapterNotServedError(self._clean(
+            failure = AdapterNotServedError(self._clean(
                 f"The server at {self.base_url} does not serve {what}: {_server_message(e)} Served: "
                 f"{self._served_or_unknown()}. Start vLLM with --lora-modules {model or 'name'}=<adapter folder>, "
-                "or load it at run time (POST /v1/load_lora_adapter).")) from None
-        except (openai.APIConnectionError, openai.APITimeoutError) as e:
-            raise ServeError(self._clean(
+                "or load it at run time (POST /v1/load_lora_adapter)."))
+        except openai.APIConnectionError as e:
+            failure = ServeError(self._clean(
                 f"Cannot reach the server at {self.base_url}: {_server_message(e)}. Is `vllm serve` running "
-                "there (see lh.serve.vllm_command), and is the URL right?")) from None
+                "there (see lh.serve.vllm_command), and is the URL right?"))
         except openai.APIStatusError as e:
-            raise ServeError(self._clean(
-                f"The server at {self.base_url} answered {e.status_code}: {_server_message(e)}")) from None
+            failure = ServeError(self._clean(
+                f"The server at {self.base_url} answered {e.status_code}: {_server_message(e)}"))
+        raise failure
 
     @contextmanager
     def _parsing(self, reply: str):
@@ -124,8 +213,7 @@ class RoutedClient:
 
     def models(self) -> list[dict]:
         """What the server serves: dicts with ``id`` and ``parent`` (None for the base, the base for adapters)."""
-        with self._errors():
-            raw = self.client.models.with_raw_response.list()
+        raw = self._ask(self.client.models.with_raw_response.list)
         with self._parsing("model list"):
             out = [{"id": m.id, "parent": getattr(m, "parent", None), "root": getattr(m, "root", None)}
                    for m in raw.parse().data]
@@ -156,9 +244,8 @@ class RoutedClient:
         name = adapter or self.route(prompt)
         model = self._model_for(name)
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        with self._errors(model):
-            raw = self.client.chat.completions.with_raw_response.create(
-                model=model, messages=messages, max_tokens=max_tokens, temperature=temperature, **kw)
+        raw = self._ask(lambda: self.client.chat.completions.with_raw_response.create(
+            model=model, messages=messages, max_tokens=max_tokens, temperature=temperature, **kw), model)
         with self._parsing("chat completion"):
             text = raw.parse().choices[0].message.content
         if text is not None and not isinstance(text, str):

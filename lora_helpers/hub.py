@@ -1,19 +1,40 @@
 """The Hugging Face Hub side of storage: fetch an adapter ('hub:owner/repo[/sub][@rev]'), upload one.
 
-:func:`find_token` looks the token up (argument, ``HF_TOKEN``, the Colab secret); no message ever shows it.
-Repository ids are checked before any request; timeouts, cut connections and server failures become a
-:class:`StorageError` that says what happened. ``HF_ENDPOINT`` is read at call time (tests point it at a
-local stand-in Hub).
+:func:`find_token` is huggingface_hub's own ``get_token()`` (plus the Colab secret in a Colab runtime it does
+not recognise) unless a token is given. Repository ids and revisions are checked before any request. Every Hub
+call ends: it runs under a total deadline (``LORA_HUB_TIMEOUT`` seconds, default 60; a large upload on a slow
+line may need more), and each of its requests waits at most a third of that for any one step. Timeouts, cut
+connections and server failures become a :class:`StorageError` that says what happened; no error shows the
+token, in its text or in a chained error.
+``HF_ENDPOINT`` is read at call time (tests point it at a local stand-in Hub).
+
+How the limits reach huggingface_hub without replacing a client factory you set: its shared HTTP client
+(``huggingface_hub.get_session()``, from its default factory or yours) gets one more request event hook, which
+acts only on this package's requests (marked by a header it removes before sending) and sets their timeouts.
+The call runs in a daemon thread that the caller waits for until the deadline, so retries, back-off sleeps
+and transfers outside that client (Xet) are bounded too; a request the thread starts after the deadline fails.
 """
 from __future__ import annotations
 
+import math
 import os
+import re
 import tempfile
+import threading
+import time
+import uuid
 from pathlib import Path
 
 from .base import in_colab
 from .errors import AdapterError, AdapterNotFoundError, StorageError
 from .folders import disk_error
+
+DEFAULT_TIMEOUT_S = 60.0
+_MARK = "X-Lora-Helpers-Call"  # marks this package's requests for the hook; never sent
+_CALLS: dict = {}  # mark -> _Call, while its thread runs
+_HOOK_LOCK = threading.Lock()
+_REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_][A-Za-z0-9._+-]*)*")
+_TOKEN_LIKE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+|\bhf_[A-Za-z0-9]{20,}")
 
 
 def _endpoint():
@@ -22,24 +43,48 @@ def _endpoint():
 
 
 def _scrub(text: str, token) -> str:
+    """``text`` without the token, nor anything that looks like one (a server may quote a header back)."""
+    text = _TOKEN_LIKE.sub(lambda m: f"{m[1]} ***" if m[1] else "hf_***", text)
     return text.replace(token, "hf_***") if token else text
 
 
 def find_token(token=None):
-    """The token from the argument, ``HF_TOKEN`` or the Colab secret ``HF_TOKEN`` (None if none)."""
+    """``token`` if given, else huggingface_hub's ``get_token()``: ``HF_TOKEN``, the ``hf auth login`` token file
+    (under ``HF_HOME``), the Colab secret ``HF_TOKEN``. None if there is none.
+
+    get_token() reads the Colab secret only where it recognises Colab's own notebook shell; in a Colab runtime
+    it does not recognise (a kernel started otherwise), the secret is read here, once per call.
+    """
     if token:
         return token
-    if os.environ.get("HF_TOKEN"):
-        return os.environ["HF_TOKEN"]
-    if in_colab():
-        try:
-            from google.colab import userdata
-            return userdata.get("HF_TOKEN") or None
-        except Exception:  # secret missing or notebook access not granted
-            return None
-    return None
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import is_google_colab
+    found = get_token()
+    if found or is_google_colab() or not in_colab():
+        return found
+    try:
+        from google.colab import userdata
+        return userdata.get("HF_TOKEN") or None
+    except Exception:  # secret missing or notebook access not granted
+        return None
 
 
+def timeout_s() -> float:
+    """The total seconds one Hub call may take: ``LORA_HUB_TIMEOUT``, else :data:`DEFAULT_TIMEOUT_S`."""
+    raw = os.environ.get("LORA_HUB_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise AdapterError(f"LORA_HUB_TIMEOUT={raw!r} is not a number of seconds: expected a positive number "
+                           f"such as {DEFAULT_TIMEOUT_S:g} (the default), or unset it.")
+    return value
+
+
+# ----------------------------------------------------------------------------- names
 def _repo_id(repo_id: str, given: str) -> str:
     from huggingface_hub.utils import validate_repo_id
     try:
@@ -57,17 +102,101 @@ def _subfolder(parts: list, given: str) -> str:
     return "/".join(parts)
 
 
+def _revision(revision: str | None, given: str) -> str | None:
+    """A branch, tag or commit; huggingface_hub writes it as a file path in its cache, so no '..' in it."""
+    if not revision:
+        return None
+    if len(revision) > 255 or ".." in revision or revision.endswith((".lock", ".")) \
+            or not _REVISION.fullmatch(revision):
+        raise AdapterError(f"{given!r}: {revision!r} is not a revision: expected a branch, tag or commit made of "
+                           "letters, digits, '.', '_', '-', '+' and '/' (no '..', no leading '.' or '/'), "
+                           "e.g. '@main' or '@v1.0'.")
+    return revision
+
+
+def _split(spec: str, given: str) -> tuple[str, str]:
+    """'owner/repo[/sub]' (or 'repo') -> (repo_id, sub), both checked."""
+    parts = [p for p in spec.strip("/").split("/") if p]
+    return _repo_id("/".join(parts[:2]), given), _subfolder(parts[2:], given)
+
+
 def _parse_hub(spec: str):
     """'owner/repo[/sub][@rev]' -> (repo_id, sub, revision)."""
     rest, _, revision = spec.rpartition("@") if "@" in spec else (spec, "", None)
-    parts = [p for p in rest.strip("/").split("/") if p]
-    if len(parts) < 2:
-        raise AdapterError(f"'hub:{spec}' is not a Hub repository: expected 'hub:owner/repo', optionally "
-                           "'/subfolder' and '@revision', e.g. 'hub:me/lora_json@main'.")
     given = f"hub:{spec}"
-    return _repo_id("/".join(parts[:2]), given), _subfolder(parts[2:], given), revision or None
+    if len([p for p in rest.split("/") if p]) < 2:
+        raise AdapterError(f"'{given}' is not a Hub repository: expected 'hub:owner/repo', optionally "
+                           "'/subfolder' and '@revision', e.g. 'hub:me/lora_json@main'.")
+    repo_id, sub = _split(rest, given)
+    return repo_id, sub, _revision(revision, given)
 
 
+# ----------------------------------------------------------------------------- every call ends
+class _Late(TimeoutError):
+    """A Hub call passed its deadline."""
+
+
+class _Call:
+    def __init__(self, limit: float):
+        self.mark, self.limit, self.deadline = uuid.uuid4().hex, limit, time.monotonic() + limit
+
+
+def _limit_request(request) -> None:
+    """Request event hook: this package's requests wait at most what is left of their call's time."""
+    mark = request.headers.get(_MARK)
+    if mark is not None:
+        del request.headers[_MARK]
+        request.extensions[_MARK] = mark  # redirects copy the extensions, not a removed header
+    call = _CALLS.get(request.extensions.get(_MARK))
+    if call is None:
+        return
+    left = call.deadline - time.monotonic()
+    if left <= 0:
+        raise _Late(f"the call passed its {call.limit:g} s deadline")
+    wait = min(left, call.limit / 3)
+    old = request.extensions.get("timeout") or {}
+    request.extensions["timeout"] = {k: min(old.get(k) or wait, wait) for k in ("connect", "read", "write", "pool")}
+
+
+def _hook_into_session() -> None:
+    """Add :func:`_limit_request` to huggingface_hub's current shared client (a new one after a reset)."""
+    from huggingface_hub import get_session
+    with _HOOK_LOCK:
+        client = get_session()
+        hooks = client.event_hooks
+        if _limit_request not in hooks["request"]:
+            client.event_hooks = {**hooks, "request": [*hooks["request"], _limit_request]}
+
+
+def _bounded(fn, limit: float):
+    """``fn(headers)`` (headers marking its requests) in a daemon thread; :class:`_Late` after ``limit`` s."""
+    call = _Call(limit)
+    _hook_into_session()
+    box: dict = {}
+
+    def work():
+        try:
+            box["value"] = fn({_MARK: call.mark})
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+        finally:
+            _CALLS.pop(call.mark, None)
+
+    _CALLS[call.mark] = call
+    worker = threading.Thread(target=work, name="lora_helpers Hub call", daemon=True)
+    worker.start()
+    try:
+        worker.join(limit)
+    finally:
+        call.deadline = -math.inf  # a late or interrupted call starts no new request
+    if worker.is_alive():
+        raise _Late(f"no answer in {limit:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# ----------------------------------------------------------------------------- failures in words
 def _chain(e):
     seen = []
     while e is not None and len(seen) < 20:
@@ -76,15 +205,16 @@ def _chain(e):
     return seen
 
 
-def _hub_failure(e: BaseException, action: str, token) -> AdapterError:
-    """What went wrong talking to the Hub, in words: a timeout, a cut connection, a server error."""
+def _hub_failure(e: BaseException, action: str, token, writing: bool = False) -> AdapterError:
+    """What went wrong talking to the Hub, in words: a timeout, a cut connection, a refusal, a server error."""
     chain = _chain(e)
     kinds = {c.__name__ for x in chain for c in type(x).__mro__}
     status = next((getattr(getattr(x, "response", None), "status_code", None) for x in chain
                    if getattr(getattr(x, "response", None), "status_code", None)), None)
     hub = _endpoint() or "huggingface.co"
     if kinds & {"TimeoutException", "TimeoutError"}:
-        why = f"the Hub at {hub} did not answer in time. Check your connection and try again"
+        why = (f"the Hub at {hub} did not answer in time (a call may take {timeout_s():g} s in all; "
+               "LORA_HUB_TIMEOUT sets that). Check your connection and try again")
     elif kinds & {"TransportError", "ConnectionError"} and "OfflineModeIsEnabled" not in kinds:
         why = (f"the connection to the Hub at {hub} failed or was cut ({type(chain[-1]).__name__}). Check "
                "your connection and try again")
@@ -93,7 +223,13 @@ def _hub_failure(e: BaseException, action: str, token) -> AdapterError:
     elif isinstance(status, int):
         said = next((getattr(x, "server_message", None) for x in chain if getattr(x, "server_message", None)),
                     None) or str(e).splitlines()[0]
-        why = f"the Hub refused it (HTTP {status}: {said}). Check the name, and HF_TOKEN for a private repository"
+        if writing and status in (401, 403):
+            fix = "The token was refused: use a token with write access"
+        elif writing:
+            fix = "Check the repository name and try again"
+        else:
+            fix = "Check the name, and HF_TOKEN for a private repository"
+        why = f"the Hub refused it (HTTP {status}: {said.splitlines()[0] if said else ''}). {fix}"
     elif isinstance(e, OSError) and e.errno is not None:
         return disk_error(e, action, Path(os.environ.get("HF_HUB_CACHE") or tempfile.gettempdir()))
     else:
@@ -101,66 +237,73 @@ def _hub_failure(e: BaseException, action: str, token) -> AdapterError:
     return StorageError(_scrub(f"Could not {action}: {why}.", token))
 
 
-def download(spec: str) -> Path:
-    """The local folder of 'owner/repo[/sub][@rev]' (``snapshot_download``; the offline cache counts)."""
-    from huggingface_hub import constants, snapshot_download
+def _download_failure(e: BaseException, spec: str, repo_id: str, revision, token) -> AdapterError:
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
-    repo_id, sub, revision = _parse_hub(spec)
-    token = find_token()
-    try:
-        folder = snapshot_download(repo_id, revision=revision, token=token, endpoint=_endpoint(),
-                                   allow_patterns=[f"{sub}/*"] if sub else None)
-    except RepositoryNotFoundError as e:
-        raise AdapterNotFoundError(f"Hub repository '{repo_id}' was not found (or it is private and no valid "
-                                   "token was given). Check the name; for a private repo set HF_TOKEN.") from e
-    except RevisionNotFoundError as e:
-        raise AdapterNotFoundError(f"Hub repository '{repo_id}' has no revision '{revision}'. Use a branch, "
-                                   "tag or commit that exists, or drop '@...' for main.") from e
-    except LocalEntryNotFoundError as e:
+    if isinstance(e, RepositoryNotFoundError):
+        return AdapterNotFoundError(f"Hub repository '{repo_id}' was not found (or it is private and no valid "
+                                    "token was given). Check the name; for a private repo set HF_TOKEN.")
+    if isinstance(e, RevisionNotFoundError):
+        return AdapterNotFoundError(f"Hub repository '{repo_id}' has no revision '{revision}'. Use a branch, "
+                                    "tag or commit that exists, or drop '@...' for main.")
+    if isinstance(e, LocalEntryNotFoundError):
         causes = _chain(e)[1:]
         if not causes or any(isinstance(x, OfflineModeIsEnabled) for x in causes) or constants.HF_HUB_OFFLINE:
-            raise AdapterNotFoundError(f"Could not fetch 'hub:{spec}' and it is not in the local cache "
-                                       f"({type(e).__name__}). Connect to the internet (HF_HUB_OFFLINE=0) and "
-                                       "try again.") from e
-        raise _hub_failure(e, f"fetch 'hub:{spec}' (and it is not in the local cache)", token) from e
-    except Exception as e:  # timeouts and cut connections arrive as the HTTP library's own errors
-        raise _hub_failure(e, f"fetch 'hub:{spec}'", token) from e
-    return Path(folder) / sub if sub else Path(folder)
+            return AdapterNotFoundError(f"Could not fetch 'hub:{spec}' and it is not in the local cache "
+                                        f"({type(e).__name__}). Connect to the internet (HF_HUB_OFFLINE=0) and "
+                                        "try again.")
+        return _hub_failure(e, f"fetch 'hub:{spec}' (and it is not in the local cache)", token)
+    return _hub_failure(e, f"fetch 'hub:{spec}'", token)  # timeouts, cut connections: the HTTP library's errors
+
+
+# ----------------------------------------------------------------------------- the two calls
+def download(spec: str) -> Path:
+    """The local folder of 'owner/repo[/sub][@rev]' (``snapshot_download``; the offline cache counts)."""
+    from huggingface_hub import snapshot_download
+    repo_id, sub, revision = _parse_hub(spec)
+    limit, token = timeout_s(), find_token()
+    try:
+        folder = _bounded(lambda headers: snapshot_download(
+            repo_id, revision=revision, token=token, endpoint=_endpoint(), headers=headers,
+            allow_patterns=[f"{sub}/*"] if sub else None), limit)
+    except Exception as e:
+        failure = _download_failure(e, spec, repo_id, revision, token)
+    else:
+        return Path(folder) / sub if sub else Path(folder)
+    raise failure  # outside the except block: no chained error, which may quote the token
 
 
 def upload(write, name: str, spec, private: bool, token) -> str:
     """Upload adapter ``name`` to 'owner/repo[/subfolder]' (or 'repo' in your namespace); returns the repo id.
 
-    ``write(folder)`` saves the adapter into the empty temporary ``folder`` and returns the folder to upload.
+    ``write(folder)`` saves the adapter into the empty temporary ``folder`` and returns the folder to upload;
+    it runs first, so a failed save changes nothing on the Hub.
     """
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
     token = find_token(token)
     if not token:
         raise StorageError("No Hugging Face token found: pass token=..., set the HF_TOKEN environment variable, "
-                           "or in Colab add a secret named HF_TOKEN (key icon on the left) with a write token "
-                           "from https://huggingface.co/settings/tokens.")
-    parts = [p for p in str(spec).strip("/").split("/") if p]
-    repo_id = _repo_id("/".join(parts[:2]), str(spec))
-    sub = _subfolder(parts[2:], str(spec)) or None
-    api = HfApi(endpoint=_endpoint(), token=token)
+                           "run `hf auth login`, or in Colab add a secret named HF_TOKEN (key icon on the left) "
+                           "with a write token from https://huggingface.co/settings/tokens.")
+    repo_id, sub = _split(str(spec), str(spec))
+    limit = timeout_s()
+
+    def push(folder, headers):
+        api = HfApi(endpoint=_endpoint(), token=token, headers=headers)
+        rid = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        api.upload_folder(repo_id=rid, folder_path=str(folder), path_in_repo=sub or None,
+                          commit_message=f"Upload LoRA adapter '{name}' (lora_helpers)")
+        return rid
+
     try:
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory(prefix="lora_push_") as tmp:
             folder = write(Path(tmp))
-            api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=sub,
-                              commit_message=f"Upload LoRA adapter '{name}' (lora_helpers)")
+            repo_id = _bounded(lambda headers: push(folder, headers), limit)
     except AdapterError:
         raise
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", "?")
-        if isinstance(status, int) and status >= 500:
-            raise _hub_failure(e, f"upload '{name}' to the Hub repo '{repo_id}'", token) from None
-        why = getattr(e, "server_message", None) or str(e).splitlines()[0]
-        hint = " The token was refused: use a token with write access." if status in (401, 403) else ""
-        raise StorageError(f"Uploading '{name}' to the Hub repo '{repo_id}' failed (HTTP {status}: "
-                           f"{_scrub(why, token)}).{hint}") from None
-    except Exception as e:  # timeouts, cut connections, a full temp disk
-        raise _hub_failure(e, f"upload '{name}' to the Hub repo '{repo_id}'", token) from None
-    return f"{repo_id}/{sub}" if sub else repo_id
+    except Exception as e:  # refusals, timeouts, cut connections, a full temp disk
+        failure = _hub_failure(e, f"upload '{name}' to the Hub repo '{repo_id}'", token, writing=True)
+    else:
+        return f"{repo_id}/{sub}" if sub else repo_id
+    raise failure  # outside the except block: no chained error, which may quote the token

@@ -53,6 +53,28 @@ class QuietHandler(BaseHTTPRequestHandler):
         self.owner.stopping.wait(60)
         self.cut()
 
+    def drip(self, status: int = 200, body: bytes = b"x" * 100_000, every: float = 0.1,
+             whole_head: bool = False) -> None:
+        """Answer one byte every ``every`` s until the server stops: from the status line on, or, with
+        ``whole_head``, after sending the status line and headers at once. No read ever waits long."""
+        head = f"HTTP/1.1 {status} OK\r\nContent-Length: {len(body)}\r\nContent-Type: application/json\r\n\r\n"
+        data = head.encode() + body
+        self.close_connection = True
+        try:
+            if whole_head:
+                self.wfile.write(data[:len(head)])
+                self.wfile.flush()
+                data = data[len(head):]
+            for i in range(len(data)):
+                if self.owner.stopping.wait(every):
+                    break
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                self.owner.dripped += 1
+        except OSError:  # the client gave up and closed the connection
+            pass
+        self.cut()
+
 
 class LocalServer:
     """``with MyServer(...) as s: ... s.url ...``: serves ``self.Handler`` on 127.0.0.1 in a daemon thread."""
@@ -61,6 +83,7 @@ class LocalServer:
 
     def __init__(self):
         self.stopping = threading.Event()
+        self.dripped = 0  # bytes sent by drip()
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.Handler)
         self.httpd.owner = self

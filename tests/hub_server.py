@@ -2,7 +2,9 @@
 upload a folder (preupload + ndjson commit, every file "regular") and download it again (repo info,
 tree, resolve). Runs in a thread on 127.0.0.1 (tests/http_scaffold.py); point the client at it with
 HF_ENDPOINT. ``faults`` makes a route fail: {"info" | "tree" | "resolve" | "create" | "preupload" | "commit":
-"500" | "cut" | "stall"}.
+"500" | "cut" | "stall" | "drip" (a byte at a time from the status line) | "drip-body" (the head, then a byte
+at a time; a HEAD is answered as usual) | "echo:<status>" (an error quoting the request's Authorization header
+back)}. ``any_revision`` answers an unknown revision with main's commit, as a permissive mirror might.
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ class Repo:
         self.branches: dict[str, str] = {}
         self.commits: dict[str, dict[str, bytes]] = {}
 
-    def files(self, rev: str):
+    def files(self, rev: str, any_revision: bool = False):
         sha = self.branches.get(rev, rev)
+        if any_revision and sha not in self.commits:
+            sha = self.branches["main"]
         return sha, self.commits.get(sha)
 
 
@@ -38,12 +42,20 @@ class HubHandler(QuietHandler):
     def _fault(self, route: str, head: bool = False) -> bool:
         """Answer with the fault set for ``route`` (True), or do nothing (False)."""
         how = self.hub.faults.get(route)
+        if how == "drip-body" and head:
+            return False  # a HEAD has no body to drip: answered as usual
         if how == "500":
             self._error(500, "InternalError", "Internal Error - We're working hard to fix this", head)
         elif how == "cut":
             self.cut()
         elif how == "stall":
             self.stall()
+        elif how in ("drip", "drip-body"):
+            self.drip(whole_head=how == "drip-body")
+        elif how and how.startswith("echo:"):
+            status = int(how[len("echo:"):])
+            said = f"Invalid credentials: got Authorization: {self.headers.get('Authorization')}"
+            self._error(status, "RepoNotFound" if status == 404 else "Echo", said, head)
         return how is not None
 
     def _error(self, status, code, message, head=False, extra=None):
@@ -87,7 +99,7 @@ class HubHandler(QuietHandler):
     def _info(self, repo_id, rev):
         repo = self._repo(repo_id)
         if repo:
-            sha, files = repo.files(rev)
+            sha, files = repo.files(rev, self.hub.any_revision)
             if files is None:
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
             self.send(200, {"id": repo_id, "sha": sha, "private": repo.private,
@@ -192,5 +204,6 @@ class HubServer(LocalServer):
         self.requests: list[tuple[str, str]] = []
         self.auth_seen: list[str] = []
         self.fail_commits = False
+        self.any_revision = False
         self.faults: dict[str, str] = {}
         super().__init__()

@@ -25,8 +25,11 @@ TOKEN = "hf_aliceWriteToken1234567890abcdefghij"
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    for var in ("LORA_SESSION_DIR", "LORA_DRIVE_DIR", "HF_TOKEN", "HF_ENDPOINT"):
+    import huggingface_hub.constants as C
+    for var in ("LORA_SESSION_DIR", "LORA_DRIVE_DIR", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE",
+                "HF_ENDPOINT", "LORA_HUB_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(C, "HF_TOKEN_PATH", str(tmp_path / "no_hf_login" / "token"))  # not this machine's login
     monkeypatch.setattr(storage, "_announced", set())
     monkeypatch.chdir(tmp_path)
 
@@ -650,21 +653,8 @@ def published(hub, model):
 
 @pytest.fixture
 def short_timeouts(monkeypatch):
-    """Client timeouts of 1 s (repo_info asks for none by default, and the client's default is none)."""
-    import huggingface_hub
-    from huggingface_hub.hf_api import HfApi
-    from huggingface_hub.utils import _http
-
-    def quick():
-        client = _http.default_client_factory()
-        client.timeout = 1.0
-        return client
-
-    real_info = HfApi.repo_info
-    monkeypatch.setattr(HfApi, "repo_info", lambda self, *a, **kw: real_info(self, *a, **{**kw, "timeout": 1.0}))
-    huggingface_hub.set_client_factory(quick)
-    yield
-    huggingface_hub.set_client_factory(_http.default_client_factory)
+    """Hub calls limited to 1.5 s in all by the library's own setting (its default is 60 s)."""
+    monkeypatch.setenv("LORA_HUB_TIMEOUT", "1.5")
 
 
 @pytest.mark.parametrize("route, how, words", [
