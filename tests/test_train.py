@@ -102,6 +102,16 @@ def test_new_adapter_beside_existing_ones(tiny_model, tiny_tokenizer):
         train_adapter(model, tiny_tokenizer, EXAMPLES, "first", steps=1, progress=False)
 
 
+def test_a_taken_name_is_refused_before_any_work(tiny_model, tiny_tokenizer):
+    """The shared names.require_new check runs first: the examples (here none) are not even looked at."""
+    model = train_adapter(tiny_model, tiny_tokenizer, EXAMPLES, "first", steps=1, progress=False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(AdapterExistsError, match=r"already has an adapter named 'first' \(loaded: first\)"):
+        train_adapter(model, tiny_tokenizer, [], "first", steps=1, progress=False)
+    assert list(model.peft_config) == ["first"]
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
 def test_training_after_switching_to_base(tiny_model, tiny_tokenizer):
     """A model switched to "base" (adapter layers off) still trains the new adapter, which then runs."""
     import lora_helpers as lh
