@@ -10,6 +10,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -46,6 +47,24 @@ class _DropKernelHubNotice(logging.Filter):
 # installed before anything imports peft (which imports bitsandbytes)
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelHubNotice())
 
+# Warnings other libraries give about each other, which a learner can do nothing about: (category, message,
+# module that warns). PEFT >= 0.20 reads transformers 5's deprecated ``is_gradient_checkpointing`` in every
+# PeftModel(...). Silenced only by message and module: in ``quiet_known_warnings()`` and by ``setup()``.
+KNOWN_NOISE = [(FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils")]
+
+
+def _ignore_known_noise() -> None:
+    for category, message, module in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+@contextmanager
+def quiet_known_warnings():
+    """A ``with`` block in which only the ``KNOWN_NOISE`` warnings are silenced; every other warning shows."""
+    with warnings.catch_warnings():
+        _ignore_known_noise()
+        yield
+
 
 def cache_dir() -> Path:
     """Folder for the converted base and downloads (``LORA_HELPERS_CACHE``)."""
@@ -74,7 +93,10 @@ def pick_device() -> str:
 
 
 def setup(seed: int = 0, quiet: bool = True) -> str:
-    """Idempotent notebook setup: seeds, quiet logs, progress bars off under tests. Returns the device."""
+    """Idempotent notebook setup: seeds, quiet logs, progress bars off under tests. Returns the device.
+
+    ``quiet``: libraries log errors only, and the ``KNOWN_NOISE`` warnings are silenced (by message and module;
+    every other warning, FutureWarning included, still shows)."""
     random.seed(seed)
     torch.manual_seed(seed)
     try:
@@ -91,7 +113,7 @@ def setup(seed: int = 0, quiet: bool = True) -> str:
             hf_logging.disable_progress_bar()
         for name in ("peft", "huggingface_hub", "accelerate"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", category=FutureWarning)
+        _ignore_known_noise()
     return pick_device()
 
 

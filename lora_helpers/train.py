@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .base import is_quantized
+from .base import is_quantized, quiet_known_warnings
 from .errors import AdapterError, PromptError
 from .generate import chat_text
 from .names import require_new
@@ -136,7 +136,8 @@ def _attach(model, name: str, config):
     if is_quantized(model):  # QLoRA: fp32 norms, input grads, gradient checkpointing
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
-    return get_peft_model(model, config, adapter_name=name)
+    with quiet_known_warnings():
+        return get_peft_model(model, config, adapter_name=name)
 
 
 def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int = 16, target_modules=None,

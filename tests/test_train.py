@@ -112,6 +112,18 @@ def test_a_taken_name_is_refused_before_any_work(tiny_model, tiny_tokenizer):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
+def test_training_shows_no_known_noise_and_hides_nothing_else(tiny_model, tiny_tokenizer):
+    """PEFT's use of transformers' deprecated is_gradient_checkpointing is silenced around that call only."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        train_adapter(tiny_model, tiny_tokenizer, EXAMPLES, "t", steps=1, progress=False)
+        warnings.warn("still shown", FutureWarning)
+    future = [str(w.message) for w in shown if issubclass(w.category, FutureWarning)]
+    assert future == ["still shown"], future
+
+
 def test_training_after_switching_to_base(tiny_model, tiny_tokenizer):
     """A model switched to "base" (adapter layers off) still trains the new adapter, which then runs."""
     import lora_helpers as lh
