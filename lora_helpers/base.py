@@ -54,9 +54,11 @@ class _DropKernelHubNotice(logging.Filter):
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelHubNotice())
 
 # Warnings other libraries give about each other, which a learner can do nothing about: (category, message,
-# module that warns). PEFT >= 0.20 reads transformers 5's deprecated ``is_gradient_checkpointing`` in every
-# PeftModel(...). Silenced only by message and module: in ``quiet_known_warnings()`` and by ``setup()``.
-KNOWN_NOISE = [(FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils")]
+# module that warns). PEFT 0.20-0.21 reads transformers 5's deprecated ``is_gradient_checkpointing`` in every
+# PeftModel(...) and calls its deprecated ``gradient_checkpointing_enable`` in prepare_model_for_kbit_training.
+# Silenced only by message and module: in ``quiet_known_warnings()`` and by ``setup()``.
+KNOWN_NOISE = [(FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
+               (FutureWarning, r"`gradient_checkpointing_enable` is deprecated", r"transformers\.modeling_utils")]
 
 
 def _ignore_known_noise() -> None:

@@ -133,10 +133,10 @@ def _attach(model, name: str, config):
         model.base_model.enable_adapter_layers()  # undo an earlier switch to "base" / disable_adapter
         model.set_adapter(name)  # PEFT's own call for training: the only active adapter, and trainable
         return model
-    if is_quantized(model):  # QLoRA: fp32 norms, input grads, gradient checkpointing
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    with quiet_known_warnings():
+    with quiet_known_warnings():  # PEFT's calls of transformers' deprecated names: nothing a learner can change
+        if is_quantized(model):  # QLoRA: fp32 norms, input grads, gradient checkpointing
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
         return get_peft_model(model, config, adapter_name=name)
 
 

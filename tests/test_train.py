@@ -112,10 +112,13 @@ def test_a_taken_name_is_refused_before_any_work(tiny_model, tiny_tokenizer):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
-def test_training_shows_no_known_noise_and_hides_nothing_else(tiny_model, tiny_tokenizer):
-    """PEFT's use of transformers' deprecated is_gradient_checkpointing is silenced around that call only."""
+@pytest.mark.parametrize("kbit", [False, True])
+def test_training_shows_no_known_noise_and_hides_nothing_else(tiny_model, tiny_tokenizer, kbit):
+    """PEFT's uses of transformers' deprecated names (is_gradient_checkpointing, and gradient_checkpointing_enable
+    in prepare_model_for_kbit_training) are silenced around those calls only."""
     import warnings
 
+    tiny_model.is_loaded_in_4bit = kbit  # the QLoRA branch (PEFT's preparation runs for real on the tiny model)
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
         train_adapter(tiny_model, tiny_tokenizer, EXAMPLES, "t", steps=1, progress=False)
