@@ -4,7 +4,8 @@
 into place so that the old copy survives an interrupt at any instant (:func:`recover_folder` finishes a swap
 a killed process left half done); :func:`check_ours` refuses to replace a folder this package did not write;
 :func:`check_path` refuses, before anything is written, a target whose name is too long or that leads through
-a symbolic-link loop. Storage, merge and train write through here. A leaf: it imports nothing from the package but its errors.
+a symbolic-link loop. Storage, merge and train write through here. A leaf: it imports nothing from the package
+but its errors.
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ TOLERANCE_4BIT = 2.0
 VERIFY = (True, False, "auto", "logits", "tensors")
 SAMPLED_LAYERS = 8  # LoRA layers re-read and checked against W + s·B·A when the logits check does not fit
 SHARD_RANGE = (64 * 2**20, 2 * 2**30)  # default shard: a quarter of the merged model, within this range
-# what merge_and_save wrote before its report listed the files (lora_helpers 0.1.0): overwrite=True accepts these
+# what merge_and_save wrote before its report listed the files: overwrite=True accepts these beside such a report
 _WRITTEN_UNLISTED = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
                      "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                      "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt", "added_tokens.json")
@@ -67,7 +67,7 @@ class MergeReport:
     verified_by: str            # "logits", "tensors" (sampled layers re-read: W' = W + s·B·A) or "none"
     tensors_checked: int = 0
     shards: int = 1
-    files: list[str] | None = None  # what the folder holds besides this report; None in reports before 0.1.1
+    files: list[str] | None = None  # what the folder holds besides this report (None: an older report)
 
     @property
     def ratio(self) -> float:
