@@ -1,6 +1,7 @@
 """Base models: presets, device choice, the embedded GGUF -> cached safetensors, ``load_base``."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -10,6 +11,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,6 +35,11 @@ PRESETS = {
     "mistral-7b": f"{MISTRAL_NAME} in 4-bit (bitsandbytes, needs a CUDA GPU)",
 }
 _CACHE_FORMAT = 1  # bump when the converted layout changes, so old caches are rebuilt
+STAMP = "lora_helpers_stamp.json"  # which GGUF, which layout: written last, after the manifest
+MANIFEST = "lora_helpers_manifest.json"  # every other file's size and _digest, as the conversion wrote it
+_BLOCK = 1 << 16
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what load_base(dtype=...) accepts (and merge saves)
+CHAT_MARK = "<|im_start|>"  # SmolLM2's ChatML template, which generate and train wrap every prompt in
 
 
 class _DropKernelHubNotice(logging.Filter):
@@ -45,6 +52,26 @@ class _DropKernelHubNotice(logging.Filter):
 
 # installed before anything imports peft (which imports bitsandbytes)
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelHubNotice())
+
+# Warnings other libraries give about each other, which a learner can do nothing about: (category, message,
+# module that warns). PEFT 0.20-0.21 reads transformers 5's deprecated ``is_gradient_checkpointing`` in every
+# PeftModel(...) and calls its deprecated ``gradient_checkpointing_enable`` in prepare_model_for_kbit_training.
+# Silenced only by message and module: in ``quiet_known_warnings()`` and by ``setup()``.
+KNOWN_NOISE = [(FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
+               (FutureWarning, r"`gradient_checkpointing_enable` is deprecated", r"transformers\.modeling_utils")]
+
+
+def _ignore_known_noise() -> None:
+    for category, message, module in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+@contextmanager
+def quiet_known_warnings():
+    """A ``with`` block in which only the ``KNOWN_NOISE`` warnings are silenced; every other warning shows."""
+    with warnings.catch_warnings():
+        _ignore_known_noise()
+        yield
 
 
 def cache_dir() -> Path:
@@ -74,7 +101,10 @@ def pick_device() -> str:
 
 
 def setup(seed: int = 0, quiet: bool = True) -> str:
-    """Idempotent notebook setup: seeds, quiet logs, progress bars off under tests. Returns the device."""
+    """Idempotent notebook setup: seeds, quiet logs, progress bars off under tests. Returns the device.
+
+    ``quiet``: libraries log errors only, and the ``KNOWN_NOISE`` warnings are silenced (by message and module;
+    every other warning, FutureWarning included, still shows)."""
     random.seed(seed)
     torch.manual_seed(seed)
     try:
@@ -91,7 +121,7 @@ def setup(seed: int = 0, quiet: bool = True) -> str:
             hf_logging.disable_progress_bar()
         for name in ("peft", "huggingface_hub", "accelerate"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", category=FutureWarning)
+        _ignore_known_noise()
     return pick_device()
 
 
@@ -119,22 +149,74 @@ def _embedded_target() -> Path:
     return cache_dir() / "smollm2-135m-instruct"
 
 
+def _digest(path: Path) -> str:
+    """sha256 of the 64-bit word sums of each 64 KiB block, then of the bytes after the last whole block.
+
+    Every byte counts, at memory speed (~0.07 s for the 0.5 GB weights, where a plain sha256 takes ~1.3 s):
+    zeroed, overwritten, cut or appended bytes change it. A forgery that keeps each block's sum would not;
+    this guards against damage, not against an attacker who can write the cache.
+    """
+    import numpy as np
+
+    size = path.stat().st_size
+    full = size - size % _BLOCK
+    h = hashlib.sha256()
+    if full:
+        blocks = np.memmap(path, dtype="<u8", mode="r", shape=(full // _BLOCK, _BLOCK // 8))
+        h.update(blocks.sum(axis=1, dtype=np.uint64).tobytes())
+        del blocks  # closes the mapping
+    with open(path, "rb") as f:
+        f.seek(full)
+        h.update(f.read())
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {p.name: {"size": p.stat().st_size, "digest": _digest(p)} for p in sorted(folder.iterdir())}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+
+
+def cache_problem(folder: Path, gguf: Path) -> str | None:
+    """What is wrong with the converted base in ``folder``, or None when it is exactly as the conversion wrote
+    it: its stamp names this GGUF and layout, and its files are the manifest's, with their sizes and digests."""
+    try:
+        stamp = json.loads((folder / STAMP).read_text())
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+        wanted = {name: (int(f["size"]), str(f["digest"])) for name, f in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "is incomplete, or was written by an older lora_helpers (no valid stamp and manifest)"
+    if stamp != _stamp(gguf):
+        return "is stale (converted from another GGUF, or in an older layout)"
+    present = {p.name for p in folder.iterdir()} - {STAMP, MANIFEST}
+    if present != set(wanted):
+        extra, missing = sorted(present - set(wanted)), sorted(set(wanted) - present)
+        return f"holds files the conversion did not write ({', '.join(extra) or 'none'}) or lacks some " \
+               f"({', '.join(missing) or 'none'})"
+    for name, (size, digest) in wanted.items():
+        path = folder / name
+        try:
+            same = path.is_file() and path.stat().st_size == size and _digest(path) == digest
+        except OSError:
+            same = False
+        if not same:
+            return f"has a changed or damaged {name}"
+    return None
+
+
 def embedded_folder() -> Path:
     """The embedded base as a plain transformers folder, converted from the GGUF once and cached.
 
     The conversion writes into a temp folder beside the target and renames it at the end, so an
-    interrupted first run leaves no half-written cache; a cache that fails its stamp is rebuilt.
+    interrupted first run leaves no half-written cache. Each call checks the cache against the manifest
+    written with it (:func:`cache_problem`, ~0.1 s); a stale or damaged cache is rebuilt.
     """
     gguf = embedded_gguf()
     target = _embedded_target()
-    stamp_file = target / "lora_helpers_stamp.json"
     if target.is_dir():
-        try:
-            if json.loads(stamp_file.read_text()) == _stamp(gguf):
-                return target
-        except (OSError, ValueError):
-            pass
-        warnings.warn(f"The converted base in {target} is incomplete or stale; rebuilding it.")
+        problem = cache_problem(target, gguf)
+        if problem is None:
+            return target
+        warnings.warn(f"The converted base in {target} {problem}; rebuilding it.")
         shutil.rmtree(target, ignore_errors=True)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +226,8 @@ def embedded_folder() -> Path:
                              "Point LORA_HELPERS_CACHE to a writable folder (not a file).") from e
     try:
         _convert_gguf(gguf, tmp)
-        (tmp / "lora_helpers_stamp.json").write_text(json.dumps(_stamp(gguf)))
+        _write_manifest(tmp)
+        (tmp / STAMP).write_text(json.dumps(_stamp(gguf)))
         tmp.chmod(0o755)  # mkdtemp makes it private
         try:
             tmp.rename(target)
@@ -227,9 +310,11 @@ def _check_device(device) -> str:
 
 
 def _check_dtype(dtype) -> None:
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise BaseModelError(f"dtype must be a floating torch dtype (torch.float32, torch.bfloat16, "
-                             f"torch.float16), got {dtype!r}. Leave it out for the preset's own dtype.")
+    """Before anything is loaded or converted: a dtype the model cannot run in never reaches the cache."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype in DTYPES):
+        kind = "a string" if isinstance(dtype, str) else "not one of these"
+        raise BaseModelError(f"dtype must be one of {', '.join(map(str, DTYPES))}, got {dtype!r} ({kind}). "
+                             "Pass e.g. dtype=torch.bfloat16, or leave it out for the preset's own dtype.")
 
 
 def _auto_preset(device: str) -> str:
@@ -263,20 +348,37 @@ def _load_folder(folder: Path, device: str, dtype, **kw):
         if "device_map" not in kw:
             model = model.to(device)
         tok = AutoTokenizer.from_pretrained(folder)
+    except (MemoryError, torch.cuda.OutOfMemoryError):
+        raise  # the machine's limit, not the folder's fault: nothing to reword or rebuild
     except Exception as e:  # safetensors, json and config errors share no base class
         raise BaseModelError(f"Could not load a model from {folder}: {type(e).__name__}: {e}") from e
     return _finish(model, tok)
 
 
 def _load_embedded(device: str, dtype, **kw):
-    """The embedded base from its cache; a damaged cache (files, not arguments) is rebuilt once."""
+    """The embedded base from its cache, which :func:`embedded_folder` checked against its manifest.
+
+    A cache that is as written yet does not load, or has no ChatML template (e.g. converted by another
+    transformers), is rebuilt once. Arguments were checked before; running out of memory propagates, the
+    cache kept.
+    """
     folder = embedded_folder()
     try:
-        return _load_folder(folder, device, dtype, **kw)
+        return _with_template(*_load_folder(folder, device, dtype, **kw), folder)
     except BaseModelError as e:
-        warnings.warn(f"The cached base in {folder} could not be loaded ({e.__cause__}); rebuilding it once.")
+        warnings.warn(f"The cached base in {folder} could not be loaded ({e.__cause__ or e}); rebuilding it once.")
         shutil.rmtree(folder, ignore_errors=True)
-        return _load_folder(embedded_folder(), device, dtype, **kw)
+        folder = embedded_folder()
+        return _with_template(*_load_folder(folder, device, dtype, **kw), folder)
+
+
+def _with_template(model, tok, folder: Path):
+    template = getattr(tok, "chat_template", None)
+    if not isinstance(template, str) or CHAT_MARK not in template:
+        raise BaseModelError(f"The tokenizer in {folder} has no ChatML chat template (found {str(template)[:80]!r}); "
+                             f"the embedded {EMBEDDED_NAME} needs one. Reinstall the model package: "
+                             f"{EMBEDDED_INSTALL} --force-reinstall")
+    return model, tok
 
 
 def _load_hub(repo: str, device: str, dtype, token, **kw):

@@ -2,13 +2,16 @@
 
 :func:`staging_folder` gives a new folder beside the target; :func:`replace_folder` swaps a complete folder
 into place so that the old copy survives an interrupt at any instant (:func:`recover_folder` finishes a swap
-a killed process left half done); :func:`check_ours` refuses to replace a folder this package did not write.
-Storage, merge and train write through here. A leaf: it imports nothing from the package but its errors.
+a killed process left half done); :func:`check_ours` refuses to replace a folder this package did not write;
+:func:`check_path` refuses, before anything is written, a target whose name is too long or that leads through
+a symbolic-link loop. Storage, merge and train write through here. A leaf: it imports nothing from the package
+but its errors.
 """
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -21,7 +24,11 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
 WRITTEN = {CONFIG_NAME, WEIGHTS_NAME, PICKLE_NAME, "README.md"}  # what save_adapter puts in a folder
-_OS_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini"}  # what file browsers add to a synced Drive folder
+OS_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini"}  # what file browsers add to a synced Drive folder
+NAME_MAX = 255  # bytes in one file or folder name on Linux, macOS and Windows file systems
+# the longest name a save puts beside its target: ".<name>.lora_helpers-old" (the staging ".<name>.tmp-XXXXXXXX"
+# is shorter), so a target name may use only what is left
+_BESIDE = len("..lora_helpers-old")
 
 
 def _old_copy(target: Path) -> Path:
@@ -51,6 +58,7 @@ def staging_folder(target):
     """A new empty folder beside ``target`` (same file system, so :func:`replace_folder` is a rename),
     removed on exit whatever happens."""
     target = Path(target)
+    check_path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -97,11 +105,63 @@ def check_ours(folder: Path) -> None:
         raise StorageError(f"'{folder}' exists and is {'a link' if folder.is_symlink() else 'a file'}, not an "
                            f"adapter folder saved by lora_helpers. {fix}")
     names = {p.name for p in folder.iterdir()}
-    other = sorted(names - WRITTEN - _OS_LITTER)
+    other = sorted(names - WRITTEN - OS_LITTER)
     if names and (other or CONFIG_NAME not in names or not names & {WEIGHTS_NAME, PICKLE_NAME}):
         shown = ", ".join(other[:5]) or "no adapter weights"
         raise StorageError(f"'{folder}' exists and is not an adapter folder saved by lora_helpers (it holds: "
                            f"{shown}); expected only {CONFIG_NAME} and {WEIGHTS_NAME}. {fix}")
+
+
+# ----------------------------------------------------------------------------- paths
+def _short(text: str, keep: int = 60) -> str:
+    return text if len(text) <= keep else f"{text[:keep // 2]}…{text[-keep // 2:]} ({len(text)} characters)"
+
+
+def loop_error(path) -> StorageError:
+    return StorageError(f"'{_short(str(path), 200)}' leads through a symbolic link that points back into itself "
+                        "(a link loop), so nothing can be saved or read there. Remove or fix that link "
+                        "(ls -l shows where it points), or choose another folder.")
+
+
+def check_path(target) -> Path:
+    """Refuse (StorageError) a ``target`` the file system cannot hold: a name over ``NAME_MAX`` bytes (the
+    target's own name leaves room for the temp and old-copy names a save puts beside it), or a path through
+    a symbolic-link loop. Nothing is written; returns ``target.resolve()``."""
+    target = Path(target)
+    for part in target.parts:
+        n = len(os.fsencode(part))
+        limit = NAME_MAX - _BESIDE if part == target.name else NAME_MAX
+        if n > limit:
+            raise StorageError(f"The name '{_short(part)}' in '{_short(str(target), 120)}' is too long: {n} bytes, "
+                               f"where a {'saved folder' if part == target.name else 'folder'} name may have at most "
+                               f"{limit} (the file system allows {NAME_MAX} per name, and a save adds up to {_BESIDE} "
+                               "for its temporary copy). Choose a shorter name; nothing was written.")
+    return resolved(target)
+
+
+def resolved(path) -> Path:
+    """``Path(path).resolve()``; a symbolic-link loop on the way, or a path too long, is a StorageError.
+
+    (Python 3.11-3.12 raise RuntimeError for a loop; 3.13 returns a path whose ``stat`` fails with ELOOP.)"""
+    path = Path(path)
+    try:
+        real = path.resolve()
+        os.stat(real)
+    except RuntimeError as e:  # "Symlink loop from ..."
+        raise loop_error(path) from e
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise loop_error(path) from e
+        if e.errno == errno.ENAMETOOLONG:
+            raise path_too_long(path) from e
+        return real  # missing: it is about to be written
+    return real
+
+
+def path_too_long(path) -> StorageError:
+    return StorageError(f"The path '{_short(str(path), 120)}' is too long for the file system: a whole path may "
+                        "have at most 4096 bytes on Linux (less on other systems). Choose a shorter folder or name; "
+                        "nothing was written.")
 
 
 # ----------------------------------------------------------------------------- disk errors
@@ -112,22 +172,60 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
-def disk_error(e: OSError, what: str, where: Path, needed: int | None = None) -> StorageError:
-    """A StorageError for a failed write: full disk (with the numbers), read-only, or anything else."""
-    place = next((p for p in [Path(where), *Path(where).parents] if p.exists()), Path("."))
+_WRITE_ERRNOS = (*NO_SPACE, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP, errno.EIO)
+
+
+def as_os_error(e: BaseException) -> OSError | None:
+    """``e`` when it is an OSError; an OSError for a plain exception whose text names a failed write (tokenizers
+    and safetensors raise e.g. ``Exception("No space left on device (os error 28)")``); else None."""
+    if isinstance(e, OSError):
+        return e
+    text = str(e)
+    m = re.search(r"os error (\d+)|code: (\d+)", text)
+    if m and int(m.group(1) or m.group(2)) in _WRITE_ERRNOS:
+        n = int(m.group(1) or m.group(2))
+        return OSError(n, os.strerror(n))
+    n = next((n for n in _WRITE_ERRNOS if os.strerror(n) in text), None)
+    return None if n is None else OSError(n, os.strerror(n))
+
+
+def _existing(where: Path) -> Path:
+    for p in [Path(where), *Path(where).parents]:
+        try:
+            if p.is_dir():
+                return p
+        except OSError:  # a name too long: try the parent
+            pass
+    return Path(".")
+
+
+def disk_error(e: OSError, what: str, where: Path, needed: int | None = None, *,
+               elsewhere: str = "path_or_repo=..., LORA_SESSION_DIR or LORA_DRIVE_DIR",
+               error=StorageError) -> StorageError:
+    """A StorageError (or ``error``, a subclass) for a failed write: full disk (with the numbers), read-only,
+    a name too long, a link loop, or anything else; ``elsewhere`` says how to save somewhere else."""
+    place = _existing(where)
     if e.errno in NO_SPACE:
         need = f"about {_size(needed)}" if needed else "more space"
-        return StorageError(f"Not enough disk space to {what}: it needs {need} in '{place}', "
-                            f"{_size(shutil.disk_usage(place).free)} are free. Free some space or save elsewhere, "
-                            f"then retry; any previous copy there is untouched. ({e.strerror})")
+        try:
+            free = f", {_size(shutil.disk_usage(place).free)} are free"
+        except OSError:
+            free = ""
+        return error(f"Not enough disk space to {what}: it needs {need} in '{place}'{free}. Free some space or "
+                     f"save elsewhere ({elsewhere}), then retry; any previous copy there is untouched. ({e.strerror})")
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return StorageError(f"Cannot {what}: '{place}' is read-only or not writable for you ({e.strerror}). "
-                            "Save somewhere writable (path_or_repo=..., LORA_SESSION_DIR or LORA_DRIVE_DIR); "
-                            "any previous copy there is untouched.")
-    return write_error(e, what)
+        return error(f"Cannot {what}: '{place}' is read-only or not writable for you ({e.strerror}). "
+                     f"Save somewhere writable ({elsewhere}); any previous copy there is untouched.")
+    if e.errno == errno.ENAMETOOLONG:
+        return error(f"Cannot {what}: a file or folder name there is too long for the file system (at most "
+                     f"{NAME_MAX} bytes per name). Choose a shorter name ({elsewhere}); nothing was written.")
+    if e.errno == errno.ELOOP:
+        return error(f"Cannot {what}: the path leads through a symbolic link that points back into itself (a link "
+                     f"loop). Fix or remove that link, or save elsewhere ({elsewhere}); nothing was written.")
+    return write_error(e, what, error)
 
 
-def write_error(e: BaseException, what: str) -> StorageError:
+def write_error(e: BaseException, what: str, error=StorageError) -> StorageError:
     """A StorageError for a write that failed some other way."""
-    return StorageError(f"Could not {what} ({type(e).__name__}: {e}); any previous copy there is untouched. "
-                        "Check free space and permissions, then retry.")
+    return error(f"Could not {what} ({type(e).__name__}: {_short(str(e), 300)}); any previous copy there is "
+                 "untouched. Check free space and permissions, then retry.")

@@ -8,6 +8,7 @@ shard, so the extra memory is about one shard. Every adapter stays loaded, unmer
 """
 from __future__ import annotations
 
+import fnmatch
 import gc
 import json
 import time
@@ -21,10 +22,11 @@ from safetensors import SafetensorError
 from .base import is_quantized
 from .colab import GIB, free_gpu, free_ram, require
 from .combine import _is_lora, _loaded
-from .errors import AdapterError, AdapterExistsError, AdapterNotFoundError, MergeError
-from .folders import replace_folder, staging_folder
+from .errors import AdapterError, AdapterExistsError, AdapterNotFoundError, MergeError, StorageError
+from .folders import OS_LITTER, as_os_error, check_path, disk_error, replace_folder, staging_folder
 from .merged_weights import _dequantized, _tied_pairs, _write_config, write_merged
 from .names import BASE
+from .storage import adapter_bytes
 
 REPORT_NAME = "merge_report.json"
 PROBE = "Return the user as JSON: name Anna, city Kazan. Напиши функцию на Python, которая считает сумму."
@@ -38,6 +40,14 @@ TOLERANCE_4BIT = 2.0
 VERIFY = (True, False, "auto", "logits", "tensors")
 SAMPLED_LAYERS = 8  # LoRA layers re-read and checked against W + s·B·A when the logits check does not fit
 SHARD_RANGE = (64 * 2**20, 2 * 2**30)  # default shard: a quarter of the merged model, within this range
+# what merge_and_save wrote before its report listed the files: overwrite=True accepts these beside such a report
+_WRITTEN_UNLISTED = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+                     "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                     "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+class MergeWriteError(MergeError, StorageError):
+    """Writing the merged folder failed (a full or read-only disk): a MergeError and a StorageError (an OSError)."""
 
 
 @dataclass
@@ -57,6 +67,7 @@ class MergeReport:
     verified_by: str            # "logits", "tensors" (sampled layers re-read: W' = W + s·B·A) or "none"
     tensors_checked: int = 0
     shards: int = 1
+    files: list[str] | None = None  # what the folder holds besides this report (None: an older report)
 
     @property
     def ratio(self) -> float:
@@ -113,6 +124,7 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
     if verify not in VERIFY:
         raise AdapterError(f"verify={verify!r}: use True/'auto', 'logits', 'tensors' or False.")
     out = Path(out_dir).expanduser()
+    dest = check_path(out)  # a name too long or a link loop: refused before anything is written
     _check_target(out, overwrite)
     base = model.get_base_model()
     quantized = is_quantized(base)
@@ -123,7 +135,6 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
     tolerance = float(tolerance)
     merged_estimate = _merged_bytes(base, dtype)
     shard_bytes = _shard_bytes(max_shard_size, merged_estimate)
-    dest = out.resolve()
     require(f"merge '{name}' into {dest}", disk=int(merged_estimate * 1.05), path=dest.parent,
             ram=2 * min(shard_bytes, merged_estimate) + 256 * 2**20, error=MergeError)
     how = _pick_check(verify, model, merged_estimate)
@@ -147,9 +158,10 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
             elif how == "tensors":
                 checked = _verify_tensors(model, name, tmp, dtype)
             report = MergeReport(str(out), name, str(base.name_or_path), str(dtype).split(".")[-1], diff, tolerance,
-                                 _adapter_bytes(model, name),
+                                 adapter_bytes(model, name),
                                  sum(f.stat().st_size for f in tmp.glob("*.safetensors")), round(seconds, 3),
-                                 round(time.perf_counter() - vstart, 3), quantized, how or "none", checked, shards)
+                                 round(time.perf_counter() - vstart, 3), quantized, how or "none", checked, shards,
+                                 sorted(p.name for p in tmp.iterdir()))
             if diff is not None and not diff <= tolerance:
                 raise MergeError(f"The merged model does not match '{name}': max |Δlogits| = {diff:.3g} > tolerance "
                                  f"{tolerance:g}. Nothing was written to {out}. If the dtype ({report.dtype}) explains "
@@ -160,9 +172,15 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
             replace_folder(tmp, dest, check_old=lambda old: _check_target(old, overwrite))
     except AdapterError:  # ours already (StorageError is an OSError too): keep its message
         raise
-    except (OSError, SafetensorError) as e:  # disk full, read-only folder, vanished folder
-        raise MergeError(f"Writing the merged model for {dest} failed ({type(e).__name__}: {e}). Nothing changed "
-                         f"at {out}; free disk space or choose a writable out_dir.") from e
+    except Exception as e:  # disk full, read-only folder; tokenizers and safetensors raise plain exceptions for them
+        failed = as_os_error(e)
+        if failed is not None:
+            raise disk_error(failed, f"write the merged model to '{out}'", dest.parent, merged_estimate,
+                             elsewhere="another out_dir", error=MergeWriteError) from e
+        if isinstance(e, SafetensorError):
+            raise MergeError(f"Writing the merged model for {dest} failed ({type(e).__name__}: {e}). Nothing "
+                             f"changed at {out}; free disk space or choose a writable out_dir.") from e
+        raise
     print(report.summary())
     return out
 
@@ -200,6 +218,31 @@ def _check_target(out: Path, overwrite: bool) -> None:
         if not (out / REPORT_NAME).is_file():
             raise AdapterExistsError(f"{out} is not a folder that merge_and_save wrote (no {REPORT_NAME}), so "
                                      "overwrite=True will not delete it. Choose another out_dir or empty it yourself.")
+        extra = _not_written(out)
+        if extra:
+            shown = ", ".join(extra[:8]) + (f" and {len(extra) - 8} more" if len(extra) > 8 else "")
+            raise AdapterExistsError(f"{out} holds what merge_and_save did not write ({shown}), so overwrite=True "
+                                     "will not replace it: that would delete them. Nothing was changed. Move them "
+                                     "elsewhere, or choose another out_dir.")
+
+
+def _not_written(out: Path) -> list[str]:
+    """What ``out`` holds besides its merge report and the files the report lists (folders end with "/")."""
+    try:
+        listed = json.loads((out / REPORT_NAME).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+        return [f"{REPORT_NAME} (unreadable)"]
+    extra = []
+    for p in sorted(out.iterdir()):
+        if p.name == REPORT_NAME or p.name in OS_LITTER:
+            continue
+        ours = (p.name in listed if isinstance(listed, list)
+                else any(fnmatch.fnmatchcase(p.name, pattern) for pattern in _WRITTEN_UNLISTED))
+        if p.is_dir() and not p.is_symlink():
+            extra.append(p.name + "/")
+        elif not ours:
+            extra.append(p.name)
+    return extra
 
 
 def _as_dtype(dtype):
@@ -331,8 +374,3 @@ def _verify_tensors(model, name, folder: Path, dtype) -> int:
                              f"{limit:.3g}). Nothing was written; please report this with your PEFT version.")
     return len(sample)
 
-
-def _adapter_bytes(model, name) -> int:
-    from peft import get_peft_model_state_dict
-    weights = get_peft_model_state_dict(model, adapter_name=name, save_embedding_layers=False)
-    return sum(t.numel() * t.element_size() for t in weights.values())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import AdapterError, AdapterNotFoundError
+from .errors import AdapterError, AdapterExistsError, AdapterNotFoundError
 
 BASE = "base"  # the name of "no adapter": switch(model, BASE) runs the plain base model
 PEFT_BASE = "__base__"  # PEFT's own name for it in a mixed batch's ``adapter_names``
@@ -45,3 +45,15 @@ def require_loaded(model, names, allow_base: bool = False) -> list[str]:
             f"No adapter named {shown} is loaded; loaded: {', '.join(loaded) or 'none'}{extra}. "
             "Check the spelling or load it first: model = lh.load_adapters(model, {name: source}).")
     return wanted
+
+
+def require_new(model, name, what: str = "an adapter") -> str:
+    """Return ``name`` when it can name a new adapter on ``model`` (:func:`check_name`) and none of that name is
+    loaded yet, else raise AdapterError / AdapterExistsError naming the loaded ones."""
+    check_name(name, what)
+    loaded = loaded_names(model)
+    if name in loaded:
+        raise AdapterExistsError(
+            f"The model already has an adapter named {name!r} (loaded: {', '.join(loaded)}). Pick a new name, or "
+            f"delete that one first: model.delete_adapter({name!r}).")
+    return name

@@ -17,8 +17,8 @@ from . import hub
 from .base import in_colab
 from .errors import AdapterError, AdapterFileError, AdapterNotFoundError, StorageError
 from .folders import (  # noqa: F401  (re-exported: merge and train write through storage)
-    CONFIG_NAME, NO_SPACE, PICKLE_NAME, WEIGHTS_NAME, WRITTEN, check_ours, disk_error, recover_folder,
-    replace_folder, staging_folder, write_error,
+    CONFIG_NAME, NO_SPACE, PICKLE_NAME, WEIGHTS_NAME, WRITTEN, as_os_error, check_ours, check_path, disk_error,
+    recover_folder, replace_folder, resolved, staging_folder, write_error,
 )
 from .hub import find_token  # noqa: F401  (public: lh.find_token)
 from .names import check_name
@@ -72,7 +72,9 @@ def _root(where: str) -> Path:
     if not p.is_dir():
         var = _ROOT_VARS[where]
         origin = f" (from {var})" if os.environ.get(var) else ""
-        raise StorageError(f"The {where} folder '{root}'{origin} cannot be a folder: '{p}' is a file. Point {var} "
+        what = ("a symbolic link that leads nowhere (it points back into itself, or at something missing)"
+                if os.path.islink(p) else "a file")
+        raise StorageError(f"The {where} folder '{root}'{origin} cannot be a folder: '{p}' is {what}. Point {var} "
                            "at a folder (it is created when missing), or unset it.")
     return root
 
@@ -90,7 +92,7 @@ def _inside(where: str, given) -> tuple[Path, Path]:
     """(the path as the user wrote it, the real path) of a folder strictly inside the session/Drive folder."""
     root = _root(where)
     shown = root / _relative(where, given)
-    real_root, real = root.resolve(), shown.resolve()
+    real_root, real = resolved(root), check_path(shown)
     if os.path.islink(shown) or real == real_root or not real.is_relative_to(real_root):
         raise StorageError(f"'{where}:{given}' leads to '{real}', which is not a folder inside the {where} folder "
                            f"'{real_root}' (a symbolic link, or the folder itself); nothing was changed. Name a "
@@ -116,6 +118,10 @@ def resolve_adapter(source) -> Path:
         path = hub.download(source[len("hub:"):])
     else:
         path = Path(source).expanduser()
+    if os.path.islink(path) and not os.path.exists(path):
+        raise AdapterNotFoundError(f"'{path}' (from {str(source)!r}) is a symbolic link that leads nowhere: it points "
+                                   "back into itself (a link loop) or at something missing. Fix or remove the link, "
+                                   "or point at the adapter folder itself.")
     if not path.is_dir():
         hint = (f" If you meant the Hub repository, write 'hub:{source}'." if isinstance(source, str)
                 and source.count("/") == 1 and ":" not in source else "")
@@ -192,10 +198,20 @@ def inspect_adapter(folder: Path, allow_pickle: bool = False) -> AdapterFiles:
 
 
 # ----------------------------------------------------------------------------- writing
-def _adapter_bytes(model, name: str) -> int | None:
+def tensor_bytes(weights: dict) -> int:
+    """Bytes the tensors of a state dict hold."""
+    return sum(t.numel() * t.element_size() for t in weights.values())
+
+
+def adapter_bytes(model, name: str) -> int:
+    """Bytes of adapter ``name``'s weights as PEFT saves them (its state dict, without embedding layers)."""
+    from peft import get_peft_model_state_dict
+    return tensor_bytes(get_peft_model_state_dict(model, adapter_name=name, save_embedding_layers=False))
+
+
+def _needed(model, name: str) -> int | None:
     try:
-        from peft import get_peft_model_state_dict
-        return sum(t.numel() * t.element_size() for t in get_peft_model_state_dict(model, adapter_name=name).values())
+        return adapter_bytes(model, name)
     except Exception:  # only for a message
         return None
 
@@ -225,11 +241,11 @@ def _write_local(model, name: str, target: Path, allow_pickle: bool, card: bool 
             replace_folder(out, target, check_old=check_ours)
     except AdapterError:
         raise
-    except OSError as e:
-        needed = _adapter_bytes(model, name) if e.errno in NO_SPACE else None
-        raise disk_error(e, what, target.parent, needed) from e
-    except Exception as e:
-        raise write_error(e, what) from e
+    except Exception as e:  # tokenizers/safetensors-style plain exceptions too: "No space left on device"
+        failed = as_os_error(e)
+        if failed is None:
+            raise write_error(e, what) from e
+        raise disk_error(failed, what, target.parent, _needed(model, name) if failed.errno in NO_SPACE else None) from e
     return target
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .base import is_quantized
-from .errors import AdapterError, AdapterExistsError, PromptError
+from .base import is_quantized, quiet_known_warnings
+from .errors import AdapterError, PromptError
 from .generate import chat_text
-from .names import check_name
+from .names import require_new
 from .switching import switch
 
 IGNORE = -100
@@ -129,18 +129,15 @@ def _attach(model, name: str, config):
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if isinstance(model, PeftModel):
-        if name in model.peft_config:
-            raise AdapterExistsError(f"The model already has an adapter named {name!r} "
-                                     f"(adapters: {sorted(model.peft_config)}). Pick a new name, or delete it "
-                                     f"first with model.delete_adapter({name!r}).")
         model.add_adapter(name, config)
         model.base_model.enable_adapter_layers()  # undo an earlier switch to "base" / disable_adapter
         model.set_adapter(name)  # PEFT's own call for training: the only active adapter, and trainable
         return model
-    if is_quantized(model):  # QLoRA: fp32 norms, input grads, gradient checkpointing
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    return get_peft_model(model, config, adapter_name=name)
+    with quiet_known_warnings():  # PEFT's calls of transformers' deprecated names: nothing a learner can change
+        if is_quantized(model):  # QLoRA: fp32 norms, input grads, gradient checkpointing
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+        return get_peft_model(model, config, adapter_name=name)
 
 
 def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int = 16, target_modules=None,
@@ -157,7 +154,7 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
     from peft import LoraConfig
     from tqdm.auto import tqdm
 
-    check_name(name)
+    require_new(model, name)  # before any work: the examples are not even read
     if isinstance(examples, str):
         from .shipped import load_examples
         examples = load_examples(examples)

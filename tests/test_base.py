@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,7 +35,8 @@ def test_auto_picks_the_embedded_model_on_cpu(monkeypatch):
     calls = []
     monkeypatch.setattr(base, "embedded_folder", lambda: calls.append(1) or Path("/nonexistent"))
     fake = SimpleNamespace(config=SimpleNamespace())
-    monkeypatch.setattr(base, "_load_folder", lambda folder, device, dtype: (fake, None))
+    tok = SimpleNamespace(chat_template="<|im_start|>{{ messages }}")  # load_base checks the template
+    monkeypatch.setattr(base, "_load_folder", lambda folder, device, dtype: (fake, tok))
     model, _ = lh.load_base("auto", device="cpu")
     assert calls == [1] and model.name_or_path == base.EMBEDDED_NAME
 
@@ -103,6 +105,98 @@ def test_bad_device_or_dtype_is_refused_before_any_work(fake_conversion, monkeyp
     with pytest.raises(lh.BaseModelError, match="device|dtype"):
         lh.load_base("smollm2-135m", **kw)
     assert runs == [] and not target.exists()
+
+
+def snapshot(folder):
+    """Each file's inode, modification time and bytes: a rebuilt or touched cache differs."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float64, torch.int8, "float8", "bfloat16"])
+def test_a_bad_dtype_never_touches_a_healthy_cache(fake_conversion, dtype):
+    _, runs, target = fake_conversion
+    lh.load_base("smollm2-135m", device="cpu")
+    before = snapshot(target)
+    with pytest.raises(lh.BaseModelError, match=r"dtype must be one of torch.float32, torch.bfloat16, "
+                                                r"torch.float16, got .*Pass e.g. dtype=torch.bfloat16"):
+        lh.load_base("smollm2-135m", device="cpu", dtype=dtype)
+    assert len(runs) == 1 and snapshot(target) == before
+
+
+def test_running_out_of_memory_keeps_the_cache(fake_conversion, monkeypatch, recwarn):
+    from transformers import AutoModelForCausalLM
+
+    _, runs, target = fake_conversion
+    lh.load_base("smollm2-135m", device="cpu")
+    before = snapshot(target)
+    real = AutoModelForCausalLM.from_pretrained.__func__
+
+    def no_memory(cls, *a, **kw):
+        raise MemoryError
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(no_memory))
+    with pytest.raises(MemoryError):
+        lh.load_base("smollm2-135m", device="cpu")
+    assert len(runs) == 1 and snapshot(target) == before
+    assert not [w for w in recwarn if "rebuilding" in str(w.message)]
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(real))
+    lh.load_base("smollm2-135m", device="cpu")
+    assert len(runs) == 1 and snapshot(target) == before
+
+
+def _zero_bytes(target, tok):
+    w = target / "model.safetensors"
+    st = w.stat()
+    with open(w, "r+b") as f:  # 4 KiB of weights zeroed in place: same size, same modification time
+        f.seek(st.st_size // 2)
+        f.write(b"\0" * 4096)
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _extra_layer(target, tok):
+    import tiny
+    tiny.make_model(tok, num_hidden_layers=3).save_pretrained(target)
+
+
+DAMAGE = {
+    "zeroed_bytes": _zero_bytes,
+    "extra_layer": _extra_layer,
+    "extra_file": lambda target, tok: (target / "model-extra.safetensors").write_bytes(b"x" * 10),
+    "no_template": lambda target, tok: (target / "chat_template.jinja").unlink(),
+    "garbage_template": lambda target, tok: (target / "chat_template.jinja").write_text("{{ garbage }}"),
+    "tokenizer_config_emptied": lambda target, tok: (target / "tokenizer_config.json").write_text("{}"),
+    "no_manifest": lambda target, tok: (target / base.MANIFEST).unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_cache_is_found_and_rebuilt(fake_conversion, tiny_tokenizer, damage):
+    _, runs, target = fake_conversion
+    lh.load_base("smollm2-135m", device="cpu")
+    DAMAGE[damage](target, tiny_tokenizer)
+    with pytest.warns(UserWarning, match=r"smollm2-135m-instruct (holds|has|is).*rebuilding it"):
+        model, tok = lh.load_base("smollm2-135m", device="cpu")
+    assert len(runs) == 2 and model.config.num_hidden_layers == 2 and base.CHAT_MARK in tok.chat_template
+    assert base.cache_problem(target, base.embedded_gguf()) is None
+
+
+def test_a_conversion_without_a_chat_template_is_rebuilt_once_then_reported(fake_conversion, monkeypatch,
+                                                                           tiny_tokenizer):
+    import tiny
+    _, runs, target = fake_conversion
+
+    def no_template(gguf, out):
+        runs.append(out)
+        tiny.make_model(tiny_tokenizer).save_pretrained(out)
+        tok = tiny.make_tokenizer()
+        tok.chat_template = None
+        tok.save_pretrained(out)
+
+    monkeypatch.setattr(base, "_convert_gguf", no_template)
+    with pytest.warns(UserWarning, match="rebuilding it once"), pytest.raises(lh.BaseModelError,
+                                                                               match="no ChatML chat template"):
+        lh.load_base("smollm2-135m", device="cpu")
+    assert len(runs) == 2
 
 
 def test_a_cache_that_stays_broken_is_rebuilt_once_then_reported(fake_conversion, monkeypatch):
@@ -201,6 +295,17 @@ def test_cached_embedded_model_matches_the_gguf(embedded):
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
 
 
+@pytest.mark.real
+def test_the_real_cache_matches_its_manifest_and_the_check_is_cheap(embedded):
+    import time
+    target, gguf = base._embedded_target(), base.embedded_gguf()
+    files = json.loads((target / base.MANIFEST).read_text())["files"]
+    assert {"model.safetensors", "config.json", "chat_template.jinja", "tokenizer.json"} <= set(files)
+    start = time.perf_counter()
+    assert base.cache_problem(target, gguf) is None
+    assert time.perf_counter() - start < 2.0  # ~0.07 s on 2 CPU cores; a plain sha256 of the weights takes ~1.3 s
+
+
 @pytest.mark.parametrize("native_bf16,expected", [(True, torch.bfloat16), (False, torch.float16)])
 def test_4bit_compute_dtype_on_a_gpu(monkeypatch, native_bf16, expected):
     """A T4 emulates bf16 (torch's default answer counts emulation): it must get fp16."""
@@ -214,3 +319,35 @@ def test_4bit_compute_dtype_on_a_gpu(monkeypatch, native_bf16, expected):
     assert base._bnb_config("cuda:0").bnb_4bit_compute_dtype == expected
     assert asked == {"including_emulation": False}
     assert base._bnb_config("cpu").bnb_4bit_compute_dtype == torch.float32
+
+
+NOISE_CHECK = r'''
+import warnings
+import lora_helpers as lh
+
+def blanket():
+    """filters that ignore every FutureWarning (no message, no module to match)"""
+    return [f for f in warnings.filters if f[0] == "ignore" and issubclass(FutureWarning, f[2])
+            and (f[1] is None or f[1].pattern == "") and f[3] is None]
+
+assert blanket() == [], f"import: {blanket()}"
+lh.setup()
+lh.setup()
+assert blanket() == [], f"setup: {blanket()}"
+with warnings.catch_warnings(record=True) as shown:
+    warnings.warn_explicit("a real deprecation", FutureWarning, "lib.py", 1, module="somelib")
+    warnings.warn_explicit("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning,
+                           "modeling_utils.py", 2, module="transformers.modeling_utils")
+    with lh.base.quiet_known_warnings():
+        warnings.warn_explicit("another", FutureWarning, "lib.py", 3, module="somelib")
+assert [str(w.message) for w in shown] == ["a real deprecation", "another"], [str(w.message) for w in shown]
+print("ok")
+'''
+
+
+def test_import_and_setup_silence_no_warning_wholesale():
+    """Only the known noise (by message and module) is silenced; a library's own FutureWarning still shows."""
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-c", NOISE_CHECK], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]

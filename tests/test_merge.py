@@ -1,5 +1,7 @@
 import errno
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,6 +107,50 @@ def test_overwrite_never_deletes_a_folder_it_did_not_write(two, tmp_path):
     assert [p.name for p in out.iterdir()] == ["thesis.txt"] and litter(tmp_path) == []
 
 
+def files(folder):
+    return {p.name: (p.read_bytes() if p.is_file() else "dir") for p in sorted(Path(folder).rglob("*"))}
+
+
+def test_overwrite_replaces_only_what_merge_wrote_and_names_the_rest(two, tiny_tokenizer, tmp_path):
+    out = tmp_path / "m"
+    lh.merge_and_save(two, "coding", out, tokenizer=tiny_tokenizer)
+    (out / "notes.txt").write_text("my notes")
+    (out / "runs").mkdir()
+    (out / "runs" / "log.txt").write_text("my log")
+    before = files(out)
+    with pytest.raises(lh.AdapterExistsError, match=r"(?s)did not write \(notes\.txt, runs/\).*Nothing was changed"):
+        lh.merge_and_save(two, "json", out, tokenizer=tiny_tokenizer, overwrite=True)
+    assert files(out) == before and litter(tmp_path) == []
+    (out / "notes.txt").unlink()
+    (out / "runs" / "log.txt").unlink()
+    (out / "runs").rmdir()
+    (out / ".DS_Store").write_text("finder")  # what a file browser adds is no user's work
+    lh.merge_and_save(two, "json", out, tokenizer=tiny_tokenizer, overwrite=True)
+    assert lh.MergeReport.read(out).adapter == "json" and litter(tmp_path) == []
+    report = lh.MergeReport.read(out)
+    assert set(report.files) == {p.name for p in out.iterdir()} - {M.REPORT_NAME}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(report.files)
+
+
+def test_a_report_without_a_file_list_allows_only_what_merge_writes(two, tiny_tokenizer, tmp_path):
+    """Reports written before they listed their files: only the names merge_and_save writes may be replaced."""
+    out = tmp_path / "m"
+    lh.merge_and_save(two, "coding", out, tokenizer=tiny_tokenizer)
+    report = json.loads((out / M.REPORT_NAME).read_text())
+    del report["files"]
+    (out / M.REPORT_NAME).write_text(json.dumps(report))
+    (out / "train.py").write_text("my code")
+    with pytest.raises(lh.AdapterExistsError, match="train.py"):
+        lh.merge_and_save(two, "json", out, overwrite=True)
+    assert (out / "train.py").read_text() == "my code"
+    (out / "train.py").unlink()
+    lh.merge_and_save(two, "json", out, overwrite=True)
+    assert lh.MergeReport.read(out).adapter == "json"
+    (out / M.REPORT_NAME).write_text("{broken")
+    with pytest.raises(lh.AdapterExistsError, match="unreadable"):
+        lh.merge_and_save(two, "json", out, overwrite=True)
+
+
 def test_empty_folder_is_fine_and_a_file_is_refused(two, tmp_path):
     (tmp_path / "empty").mkdir()
     assert (lh.merge_and_save(two, "json", tmp_path / "empty") / "config.json").is_file()
@@ -129,6 +175,40 @@ def test_no_space_mid_save_keeps_the_previous_folder(two, tmp_path, monkeypatch)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == previous
     assert litter(tmp_path) == []
     assert lh.active_adapter(two) == "json"
+
+
+def test_a_full_disk_while_the_tokenizer_saves_is_a_storage_error(two, tiny_tokenizer, tmp_path, monkeypatch):
+    """tokenizers raises a plain Exception for a full disk; it must not escape as one, nor leave half a folder."""
+    out = tmp_path / "m"
+    lh.merge_and_save(two, "json", out, tokenizer=tiny_tokenizer)
+    previous = files(out)
+
+    def full(folder, *a, **kw):
+        (Path(folder) / "tokenizer.json").write_text('{"half')
+        raise Exception("No space left on device (os error 28)")
+
+    monkeypatch.setattr(tiny_tokenizer, "save_pretrained", full)
+    with pytest.raises(lh.StorageError, match=r"(?s)Not enough disk space to write the merged model.*needs about "
+                                              r".*MiB.*free.*another out_dir") as e:
+        lh.merge_and_save(two, "coding", out, tokenizer=tiny_tokenizer, overwrite=True)
+    assert isinstance(e.value, lh.MergeError) and isinstance(e.value, OSError)
+    assert files(out) == previous and litter(tmp_path) == []
+    with pytest.raises(lh.StorageError, match="Not enough disk space"):
+        lh.merge_and_save(two, "coding", tmp_path / "new", tokenizer=tiny_tokenizer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+@pytest.mark.parametrize("case", ["name_300", "name_240", "deep", "loop", "inside_loop"])
+def test_paths_the_file_system_cannot_hold_are_refused_before_writing(two, tmp_path, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    os.symlink("loop", "loop")
+    out = {"name_300": "m" * 300, "name_240": "m" * 240, "deep": "/".join(["d" * 200] * 30),
+           "loop": "loop", "inside_loop": "loop/m"}[case]
+    words = "link loop" if "loop" in case else "too long"
+    for overwrite in (False, True):
+        with pytest.raises(lh.StorageError, match=words):
+            lh.merge_and_save(two, "json", out, overwrite=overwrite)
+    assert os.listdir(tmp_path) == ["loop"]
 
 
 def test_mismatch_raises_merge_error_and_writes_nothing(two, tmp_path, monkeypatch):

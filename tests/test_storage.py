@@ -699,3 +699,60 @@ def test_invalid_hub_ids_are_refused_before_uploading(hub, model, repo):
     with pytest.raises(AdapterError, match="not a valid Hub repository|without '.' or '..'"):
         lh.save_adapter(model, "json", where="hub", path_or_repo=repo, token=TOKEN)
     assert hub.requests == []
+
+
+# ---------------------------------------------------------------- plain exceptions, long names, link loops
+
+def test_a_plain_exception_for_a_full_disk_says_how_much_space(model, monkeypatch):
+    """tokenizers/safetensors raise ``Exception("No space left on device (os error 28)")``, not an OSError."""
+    first = lh.save_adapter(model, "json")
+    old = digest(first)
+
+    def full(self, save_directory, **kw):
+        (Path(save_directory) / "adapter_model.safetensors").write_bytes(b"\0" * 100)  # half a file
+        raise Exception("No space left on device (os error 28)")
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", full)
+    with pytest.raises(StorageError, match=r"(?s)Not enough disk space.*needs about \d+ KiB.*free"):
+        lh.save_adapter(model, "json")
+    assert digest(first) == old and copies() == ["json"]
+
+
+@pytest.mark.parametrize("case", ["name_300", "name_240", "deep", "adapter_name_300"])
+def test_names_too_long_for_the_file_system_are_refused_before_writing(tiny_model, case):
+    m = get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj"]), adapter_name="json")
+    name, where = "json", {"name_300": "b" * 300, "name_240": "b" * 240, "deep": "/".join(["c" * 200] * 30),
+                           "adapter_name_300": None}[case]
+    if case == "adapter_name_300":
+        name = "a" * 300
+        m.add_adapter(name, LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(StorageError, match=r"(?s)too long.*at most \d+"):
+        lh.save_adapter(m, name, path_or_repo=where)
+    assert not Path("adapters_session").exists() or tree("adapters_session") == {}
+
+
+def test_a_session_folder_that_is_a_link_loop(model, monkeypatch):
+    os.symlink("loop", "loop")
+    for value in ("loop", "loop/below"):
+        monkeypatch.setenv("LORA_SESSION_DIR", value)
+        with pytest.raises(StorageError, match="(?s)symbolic link that leads nowhere.*Point LORA_SESSION_DIR"):
+            lh.save_adapter(model, "json")
+        with pytest.raises(StorageError, match="Point LORA_SESSION_DIR"):
+            lh.resolve_adapter("session:json")
+    assert os.listdir(".") == ["loop"]
+
+
+def test_an_adapter_folder_that_is_a_link_loop(model, monkeypatch, tmp_path):
+    monkeypatch.setenv("LORA_SESSION_DIR", "sess")
+    lh.save_adapter(model, "coding")
+    os.symlink("jl", "sess/jl")
+    before = tree("sess")
+    for target in ("jl", "jl/inner"):
+        with pytest.raises(StorageError, match="link loop"):
+            lh.save_adapter(model, "json", path_or_repo=target)
+    for source in ("session:jl", "sess/jl"):
+        with pytest.raises(AdapterNotFoundError, match="(?s)symbolic link.*link loop"):
+            lh.resolve_adapter(source)
+        with pytest.raises(AdapterNotFoundError, match="link loop"):
+            lh.load_adapters(tiny.make_model(tiny.make_tokenizer()), {"x": source})
+    assert tree("sess") == before

@@ -102,6 +102,31 @@ def test_new_adapter_beside_existing_ones(tiny_model, tiny_tokenizer):
         train_adapter(model, tiny_tokenizer, EXAMPLES, "first", steps=1, progress=False)
 
 
+def test_a_taken_name_is_refused_before_any_work(tiny_model, tiny_tokenizer):
+    """The shared names.require_new check runs first: the examples (here none) are not even looked at."""
+    model = train_adapter(tiny_model, tiny_tokenizer, EXAMPLES, "first", steps=1, progress=False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(AdapterExistsError, match=r"already has an adapter named 'first' \(loaded: first\)"):
+        train_adapter(model, tiny_tokenizer, [], "first", steps=1, progress=False)
+    assert list(model.peft_config) == ["first"]
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("kbit", [False, True])
+def test_training_shows_no_known_noise_and_hides_nothing_else(tiny_model, tiny_tokenizer, kbit):
+    """PEFT's uses of transformers' deprecated names (is_gradient_checkpointing, and gradient_checkpointing_enable
+    in prepare_model_for_kbit_training) are silenced around those calls only."""
+    import warnings
+
+    tiny_model.is_loaded_in_4bit = kbit  # the QLoRA branch (PEFT's preparation runs for real on the tiny model)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        train_adapter(tiny_model, tiny_tokenizer, EXAMPLES, "t", steps=1, progress=False)
+        warnings.warn("still shown", FutureWarning)
+    future = [str(w.message) for w in shown if issubclass(w.category, FutureWarning)]
+    assert future == ["still shown"], future
+
+
 def test_training_after_switching_to_base(tiny_model, tiny_tokenizer):
     """A model switched to "base" (adapter layers off) still trains the new adapter, which then runs."""
     import lora_helpers as lh
