@@ -17,12 +17,12 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from peft.utils.other import AuxiliaryTrainingWrapper, get_pattern_key
 
 from . import tables
-from .errors import AdapterError, AdapterExistsError, AdapterFileError, BaseMismatchError
-from .names import BASE, check_name, loaded_names
+from .errors import AdapterError, AdapterFileError, BaseMismatchError
+from .names import BASE, check_name, require_new
 from .storage import AdapterFiles, inspect_adapter, resolve_adapter
 from .switching import SwitchState, active_adapter, switch, untrained, warn_zero
 
-__all__ = ["active_adapter", "check_compatible", "check_new_name", "list_adapters", "load_adapters", "switch"]
+__all__ = ["active_adapter", "check_compatible", "list_adapters", "load_adapters", "switch"]
 
 _LORA_KEY = re.compile(r"^(.+?)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(\.|$)")
 _TOKENS_KEY = ".token_adapter.trainable_tokens_delta"  # trainable_token_indices: the new rows, not the base's
@@ -369,7 +369,7 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
         if replace:
             check_name(name)
         else:
-            check_new_name(model, name, fix="Pick another name, or pass replace=True to load the new one over it.")
+            require_new(model, name, fix="Pick another name, or pass replace=True to load the new one over it.")
         files = inspect_adapter(resolve_adapter(source), allow_pickle=allow_pickle)
         check_keys(files, name, loaded)
         check_compatible(model, files, name, check_base)
@@ -404,16 +404,6 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
         if untrained(model, name):
             warn_zero(name, stacklevel=3)
     return model
-
-
-def check_new_name(model, name, what: str = "an adapter", fix: str = "Pick another name.") -> str:
-    """Return ``name`` when it can name a new adapter on ``model``: a plain name (``names.check_name``) that is
-    not loaded yet; else AdapterError, or AdapterExistsError ending with ``fix``."""
-    check_name(name, what)
-    loaded = loaded_names(model)
-    if name in loaded:
-        raise AdapterExistsError(f"An adapter named {name!r} is already loaded (loaded: {', '.join(loaded)}). {fix}")
-    return name
 
 
 # ---------------------------------------------------------------- list_adapters: what the model itself holds

@@ -1,9 +1,8 @@
 """Combine loaded LoRA adapters into a new one, on PEFT's ``add_weighted_adapter``."""
 from __future__ import annotations
 
-from .adapters import check_new_name
 from .errors import AdapterError, MergeError
-from .names import require_loaded
+from .names import require_loaded, require_new
 
 METHODS = ("linear", "ties", "dare_ties", "cat")
 
@@ -33,7 +32,7 @@ def combine_adapters(model, weights: dict, new_name: str, method: str = "linear"
     if not all(_is_lora(model.peft_config[n]) for n in weights):
         raise AdapterError("combine_adapters combines LoRA adapters only; "
                            f"got {[str(model.peft_config[n].peft_type) for n in weights]}.")
-    check_new_name(model, new_name, "the combined adapter", fix="Choose another new_name.")
+    require_new(model, new_name, "the combined adapter", fix="Choose another new_name.")
     if method not in METHODS:
         raise AdapterError(f"method={method!r} is not supported; choose one of {', '.join(METHODS)}.")
     bad = {n: w for n, w in weights.items() if isinstance(w, bool) or not isinstance(w, (int, float))}

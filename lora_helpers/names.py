@@ -47,13 +47,12 @@ def require_loaded(model, names, allow_base: bool = False) -> list[str]:
     return wanted
 
 
-def require_new(model, name, what: str = "an adapter") -> str:
+def require_new(model, name, what: str = "an adapter", fix: str | None = None) -> str:
     """Return ``name`` when it can name a new adapter on ``model`` (:func:`check_name`) and none of that name is
-    loaded yet, else raise AdapterError / AdapterExistsError naming the loaded ones."""
+    loaded yet, else raise AdapterError / AdapterExistsError naming the loaded ones and ending with ``fix``."""
     check_name(name, what)
     loaded = loaded_names(model)
     if name in loaded:
-        raise AdapterExistsError(
-            f"The model already has an adapter named {name!r} (loaded: {', '.join(loaded)}). Pick a new name, or "
-            f"delete that one first: model.delete_adapter({name!r}).")
+        fix = fix or f"Pick a new name, or delete that one first: model.delete_adapter({name!r})."
+        raise AdapterExistsError(f"The model already has an adapter named {name!r} (loaded: {', '.join(loaded)}). {fix}")
     return name
