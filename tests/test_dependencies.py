@@ -41,3 +41,12 @@ def test_transformers_range_is_the_tested_major():
               transformers.__version__]
     assert all(v in allowed for v in tested), (allowed, tested)
     assert "6.0.0" not in allowed and "5.14.0" not in allowed
+
+
+def test_requirements_txt_states_the_same_ranges_as_pyproject():
+    """What the Colab install cell installs (requirements.txt) may not allow a PEFT or transformers that the
+    package itself (pyproject.toml) refuses."""
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    reqs = {r.name: r.specifier for r in (Requirement(line) for line in lines if line)}
+    for name in ("peft", "transformers"):
+        assert reqs[name] == spec(name), (name, str(reqs[name]), str(spec(name)))
