@@ -12,6 +12,7 @@ from peft import IA3Config, LoHaConfig, LoraConfig, PeftModel, get_peft_model
 import lora_helpers as lh
 import tiny
 from lora_helpers import adapters as A
+from lora_helpers import checks
 from lora_helpers.errors import (
     AdapterError, AdapterExistsError, AdapterFileError, AdapterNotFoundError, BaseMismatchError)
 
@@ -340,9 +341,9 @@ def test_other_base_name(tiny_model, ads):
 
 
 def test_base_name_tolerates_quantized_copies():
-    assert A._base_key("mistralai/Mistral-7B-Instruct-v0.3") == A._base_key(
+    assert checks._base_key("mistralai/Mistral-7B-Instruct-v0.3") == checks._base_key(
         "unsloth/mistral-7b-instruct-v0.3-bnb-4bit")
-    assert A._base_key("HuggingFaceTB/SmolLM2-135M-Instruct") != A._base_key("HuggingFaceTB/SmolLM2-135M")
+    assert checks._base_key("HuggingFaceTB/SmolLM2-135M-Instruct") != checks._base_key("HuggingFaceTB/SmolLM2-135M")
 
 
 def test_duplicate_name_and_replace(loaded, ads, tiny_tokenizer):
