@@ -432,32 +432,51 @@ def load_4bit(source: str, device: str, token: str | None = None):
     return _load_hub(source, device, dtype, token, **kw)
 
 
-def load_prequantized_4bit(source: str, device: str, token: str | None = None):
+def load_prequantized_4bit(source: str, device: str, token: str | bool | None = None):
     """A checkpoint saved in bitsandbytes 4-bit (``source``: a folder or a Hub id), computing in ``device``'s
     dtype: float32 on the CPU, fp16 on a GPU without native bf16 (a T4), else bf16.
 
     transformers keeps a pre-quantized checkpoint's stored quantization_config and ignores a passed
     ``BitsAndBytesConfig`` (it has no loading attributes), so the compute dtype goes in through the config.
+    A Hub id is downloaded first (``token=False``: no token sent or looked up) and loaded from the folder.
     """
     from transformers import AutoConfig
 
     compute = _bnb_config(device).bnb_4bit_compute_dtype  # also: bitsandbytes importable
-    local = Path(source).expanduser().is_dir()
+    folder = Path(source).expanduser()
+    hub = not folder.is_dir()
+    if hub:
+        folder = _snapshot(source, token)
     try:
-        config = AutoConfig.from_pretrained(source, token=token)
+        config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as e:
-        where = "the folder" if local else "the Hugging Face Hub (check the name and your network)"
-        raise BaseModelError(f"Could not read the config of {source!r} from {where}: {e}") from e
+        raise BaseModelError(f"Could not read the config of {source!r} in {folder}: {e}") from e
     stored = getattr(config, "quantization_config", None)
     stored = stored.to_dict() if hasattr(stored, "to_dict") else stored
     if not isinstance(stored, dict) or not stored.get("load_in_4bit"):
         raise BaseModelError(f"{source!r} is not a bitsandbytes 4-bit checkpoint (its quantization_config is "
                              f"{stored!r}). Load a full-precision model with load_4bit() or load_base().")
     config.quantization_config = {**stored, "bnb_4bit_compute_dtype": str(compute).removeprefix("torch.")}
-    kw = {"config": config, "device_map": {"": device}}
-    if local:
-        return _load_folder(Path(source).expanduser(), device, compute, **kw)
-    return _load_hub(source, device, compute, token, **kw)
+    model, tok = _load_folder(folder, device, compute, config=config, device_map={"": device})
+    if hub:  # the Hub id, not the cache folder: adapters record it as their base
+        model.name_or_path = model.config._name_or_path = source
+    return model, tok
+
+
+def _snapshot(repo: str, token) -> Path:
+    """The model files of Hub ``repo`` in the local cache, downloaded when missing (with a progress bar).
+
+    Downloading first and loading from the folder keeps every Hub request under ``token``: with token=False
+    no request reads a token, so Colab asks nothing about an ``HF_TOKEN`` secret (transformers' tokenizer,
+    given a Hub id, asks the Hub about it with the implicit token)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, token=token, allow_patterns=[
+            "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as e:  # network, HTTP and cache errors share no base class
+        raise BaseModelError(f"Could not download {repo!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
+                             "Check the name and your network.") from e
 
 
 def _load_mistral(preset: str, device: str, token: str | None):
@@ -467,7 +486,8 @@ def _load_mistral(preset: str, device: str, token: str | None):
             "(bitsandbytes). In Colab choose Runtime -> Change runtime type -> T4 GPU; on a CPU use "
             "load_base('smollm2-135m') (what 'auto' picks there) or 'smollm2-135m-4bit' for the same 4-bit path.")
     if preset == "mistral-7b":
-        return load_prequantized_4bit(MISTRAL_4BIT, device, token)  # ungated: no token read, no dialog
+        # ungated: no token needed, and none looked up (so no Colab secret dialog) unless one is given
+        return load_prequantized_4bit(MISTRAL_4BIT, device, token or os.environ.get("HF_TOKEN") or False)
     token = token or os.environ.get("HF_TOKEN")
     try:
         return load_4bit(MISTRAL_NAME, device, token)

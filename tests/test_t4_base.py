@@ -50,43 +50,67 @@ def test_a_full_precision_checkpoint_is_not_taken_for_a_prequantized_one(tmp_pat
 
 @pytest.fixture
 def fake_t4(monkeypatch, prequantized, tiny_tokenizer):
-    """CUDA faked as a T4 (no native bf16); the Hub answered from the tiny pre-quantized folder; every
-    from_pretrained call recorded."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """CUDA faked as a T4 (no native bf16); a Hub download answered with the tiny pre-quantized folder; every
+    download and from_pretrained call recorded."""
+    import huggingface_hub
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     monkeypatch.delenv("LORA_HELPERS_BASE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     calls = []
-    real_config = AutoConfig.from_pretrained
 
-    def config(repo, **kw):
-        calls.append(("config", repo, kw))
-        return real_config(prequantized)
+    def snapshot(repo, **kw):
+        calls.append(("download", repo, kw))
+        return str(prequantized)
 
     def model(repo, **kw):
-        calls.append(("model", repo, kw))
+        calls.append(("model", str(repo), kw))
         return tiny.make_model(tiny_tokenizer)
 
-    monkeypatch.setattr(AutoConfig, "from_pretrained", config)
+    def tokenizer(repo, **kw):
+        calls.append(("tokenizer", str(repo), kw))
+        return tiny_tokenizer
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", model)
-    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda repo, **kw: tiny_tokenizer)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", tokenizer)
     return calls
 
 
 @pytest.mark.parametrize("preset", ["auto", "mistral-7b"])
-def test_a_t4_loads_the_ungated_nf4_build_first_in_fp16(fake_t4, preset):
+def test_a_t4_loads_the_ungated_nf4_build_first_in_fp16(fake_t4, prequantized, preset):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning on the default path
-        lh.load_base(preset)
-    repos = [(kind, repo) for kind, repo, _ in fake_t4]
-    assert repos == [("config", base.MISTRAL_4BIT), ("model", base.MISTRAL_4BIT)]  # never the gated one
+        model, _ = lh.load_base(preset)
+    # downloaded first with token=False (no token looked up: no Colab secret dialog), then loaded from the folder
+    assert [(kind, repo) for kind, repo, _ in fake_t4] == [
+        ("download", base.MISTRAL_4BIT), ("model", str(prequantized)), ("tokenizer", str(prequantized))]
+    assert fake_t4[0][2]["token"] is False and "quantization_config" not in fake_t4[1][2]
     kw = fake_t4[1][2]
-    assert kw["token"] is None and "quantization_config" not in kw
     assert kw["dtype"] == torch.float16 and kw["device_map"] == {"": "cuda"}
     qc = kw["config"].quantization_config
     assert qc["load_in_4bit"] and qc["bnb_4bit_quant_type"] == "nf4" and qc["bnb_4bit_compute_dtype"] == "float16"
+    assert model.name_or_path == model.config._name_or_path == base.MISTRAL_4BIT  # what adapters record
+
+
+def test_a_given_token_is_used_for_the_download(fake_t4, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_env")
+    lh.load_base("mistral-7b")
+    lh.load_base("mistral-7b", token="hf_arg")
+    assert [kw["token"] for kind, _, kw in fake_t4 if kind == "download"] == ["hf_env", "hf_arg"]
+
+
+def test_a_failed_download_is_a_clear_error(fake_t4, monkeypatch):
+    import huggingface_hub
+
+    def offline(repo, **kw):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(lh.BaseModelError, match=r"Could not download 'unsloth/.*ConnectionError: no network.*network"):
+        lh.load_base("auto")
 
 
 def test_a_gpu_with_native_bf16_keeps_bf16(fake_t4, monkeypatch):
