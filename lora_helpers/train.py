@@ -9,6 +9,7 @@ with bitsandbytes' CPU backend as in ``make test-4bit``).
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -179,8 +180,10 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
     model.train()
     losses: list[float] = []
     start = time.perf_counter()
+    # TQDM_DISABLE read now: tqdm reads it once, when it is first imported (often before a notebook sets it)
+    quiet = not progress or os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
     bar = tqdm(_batches(rows, batch_size, steps, seed), total=steps, desc=f"LoRA {name}",
-               **({} if progress else {"disable": True}))
+               **({"disable": True} if quiet else {}))
     for batch in bar:
         loss = batch_loss(model, collate(batch, pad))
         if not math.isfinite(loss.item()):

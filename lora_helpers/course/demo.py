@@ -11,37 +11,42 @@ from ..shipped import DEMO_ADAPTERS
 NAMES = ("json", "coding", "support")
 TRAIN_STEPS_ENV = "LORA_HELPERS_DEMO_TRAIN"  # N: train the demo adapters on the spot with N steps (CI: QLoRA path)
 LARGE = 1_000_000_000  # parameters: above this, the large-model recipe (Mistral-7B)
-# 7B bases learn the form in far fewer, gentler steps than the 135M one (lr 2e-3 would wreck them); the
-# time is an estimate for a Colab T4 (QLoRA, batch 4 x ~150 tokens, gradient checkpointing), not a measurement.
-RECIPES_LARGE = {n: dict(r=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], steps=30,
+# 7B bases learn the form in far fewer, gentler steps than the 135M one (lr 2e-3 would wreck them). Sized so
+# that the three of them train in under 5 minutes on a T4 by the estimate below.
+RECIPES_LARGE = {n: dict(r=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], steps=20,
                          lr=2e-4, batch_size=4) for n in NAMES}
-T4_SECONDS_PER_STEP = 6.0
+# The T4 estimate's one assumption, not a measurement: QLoRA on a 7B base in 4-bit with gradient checkpointing
+# trains ~150 tokens per second, so a step of batch 4 x ~150 tokens takes ~4 s.
+T4_TOKENS_PER_SECOND = 150
+T4_TOKENS_PER_EXAMPLE = 150  # what the time table assumes (the printed estimate counts the real tokenizer's)
 
 
-def demo_adapters(model, tokenizer, where: str = "session", progress: bool = True) -> dict:
-    """``{name: source}`` of the course's three adapters for this base model.
+def demo_adapters(model, tokenizer, where: str = "session", progress: bool = True, names=NAMES) -> dict:
+    """``{name: source}`` of the course's adapters for this base model: all three, or those in ``names``.
 
     The embedded base (full or 4-bit) gets the adapters shipped in ``adapters/``. Any other base (Mistral-7B
     in Colab) gets adapters trained for it once and kept as ``session:<base>/lora_<name>`` — and on Drive
     too with ``where="drive"`` (mount it first with ``lh.mount_drive()``), where the next notebook or the
-    next session finds them. Training (QLoRA on a 4-bit base) prints its expected time first. The base
-    model is left without adapters. ``LORA_HELPERS_DEMO_TRAIN=N`` trains on the spot with N steps even on the
+    next session finds them. Only ``names`` are trained (e.g. ``names=("json",)``); on a 7B base the expected
+    time on a T4 is printed first, and a progress bar shows the time left. The base model is left without
+    adapters. ``LORA_HELPERS_DEMO_TRAIN=N`` trains on the spot with N steps even on the
     embedded base: how CI runs the training branch.
     """
     from ..storage import resolve_adapter, save_adapter
 
     if where not in ("session", "drive"):
         raise AdapterError(f"where={where!r}: the demo adapters live in 'session' or 'drive'.")
+    names = _check_names(names)
     forced = _forced_steps()
     base = getattr(model, "name_or_path", "") or ""
     if base == EMBEDDED_NAME and forced is None:
-        return dict(DEMO_ADAPTERS)
+        return {n: DEMO_ADAPTERS[n] for n in names}
     slug = base.strip("/").replace("/", "--") or "base"
     if forced is not None:
         slug += f"--steps{forced}"
     places = ["drive", "session"] if where == "drive" else ["session"]
     sources = {}
-    for name in NAMES:
+    for name in names:
         for place in places:
             try:
                 resolve_adapter(f"{place}:{slug}/lora_{name}")
@@ -49,7 +54,7 @@ def demo_adapters(model, tokenizer, where: str = "session", progress: bool = Tru
                 break
             except (AdapterNotFoundError, StorageError):  # not saved there, or Drive not mounted
                 continue
-    missing = [n for n in NAMES if n not in sources]
+    missing = [n for n in names if n not in sources]
     if not missing:
         return sources
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
@@ -65,6 +70,17 @@ def demo_adapters(model, tokenizer, where: str = "session", progress: bool = Tru
                 print(f"Адаптер {name} не сохранён на Drive ({e}); он есть в папке сессии.")
     _restore(trained.unload(), dtypes)  # the LoRA layers out of the base again, and QLoRA's preparation undone
     return sources
+
+
+def _check_names(names) -> tuple:
+    names = (names,) if isinstance(names, str) else names
+    try:
+        names = tuple(dict.fromkeys(names))
+    except TypeError:
+        names = ()
+    if not names or not all(isinstance(n, str) and n in NAMES for n in names):
+        raise AdapterError(f"names={names!r}: pass some of the demo adapters {NAMES}, e.g. names=('json',).")
+    return names
 
 
 def _restore(base, dtypes: dict) -> None:
@@ -86,6 +102,38 @@ def _forced_steps() -> int | None:
     return int(value)
 
 
+def _ru(n: int, one: str, few: str, many: str) -> str:
+    if n % 10 == 1 and n % 100 != 11:
+        return f"{n} {one}"
+    return f"{n} {few}" if 2 <= n % 10 <= 4 and not 12 <= n % 100 <= 14 else f"{n} {many}"
+
+
+def t4_estimate(recipes: dict, tokens: float) -> tuple[float, str]:
+    """Seconds to train ``recipes`` ({name: recipe}) on a T4, and the sentence that says how it was counted:
+    adapters x steps x seconds per step, a step being batch x ``tokens`` at ``T4_TOKENS_PER_SECOND``."""
+    seconds = sum(r["steps"] * r["batch_size"] * tokens for r in recipes.values()) / T4_TOKENS_PER_SECOND
+    shapes = {(r["steps"], r["batch_size"]) for r in recipes.values()}
+    if len(shapes) == 1:
+        (steps, batch), = shapes
+        per_step = batch * tokens / T4_TOKENS_PER_SECOND
+        count = f"{_ru(len(recipes), 'адаптер', 'адаптера', 'адаптеров')} × {_ru(steps, 'шаг', 'шага', 'шагов')}"
+        how = f"батч {batch} × ~{tokens:.0f} токенов"
+    else:
+        steps = sum(r["steps"] for r in recipes.values())
+        per_step = seconds / steps
+        count, how = _ru(steps, "шаг", "шага", "шагов"), f"~{tokens:.0f} токенов на пример"
+    return seconds, (f"{count} × ~{per_step:.0f} с/шаг (оценка для T4: {how}, QLoRA, ~{T4_TOKENS_PER_SECOND} "
+                     f"токенов/с; не замер) ≈ {max(1, round(seconds / 60))} мин")
+
+
+def _mean_tokens(tokenizer, names) -> float:
+    from ..shipped import load_examples
+    from ..train import encode_example
+    lengths = [len(encode_example(tokenizer, e["prompt"], e["reply"], max_length=384)[0])
+               for n in names for e in load_examples(n)]
+    return sum(lengths) / len(lengths)
+
+
 def _train(model, tokenizer, names, forced, progress, drive=False):
     from ..base import is_quantized
     from ..train import RECIPES, train_adapter
@@ -97,14 +145,57 @@ def _train(model, tokenizer, names, forced, progress, drive=False):
             r["steps"] = forced
     steps = sum(r["steps"] for r in recipes.values())
     kind = "QLoRA (4-bit base)" if is_quantized(model) else "LoRA"
-    print(f"Для этой базы нет готовых адаптеров {list(names)}: обучаю их сейчас ({kind}, {steps} шагов всего). "
-          + (f"Оценка для T4: ~{steps * T4_SECONDS_PER_STEP / 60:.0f} мин (оценка, не замер). " if large else "")
+    estimate = f"Время: {t4_estimate(recipes, _mean_tokens(tokenizer, names))[1]}. " if large else ""
+    print(f"Для этой базы нет готовых адаптеров {list(names)}: обучаю их сейчас ({kind}, "
+          f"{_ru(steps, 'шаг', 'шага', 'шагов')} всего). "
+          + estimate
           + ("Они сохранятся на Drive: в следующий раз обучать не придётся." if drive else
              "Чтобы обучать один раз, отметьте USE_DRIVE: адаптеры сохранятся на Drive."))
     trained = model
     for name in names:
         trained = train_adapter(trained, tokenizer, name, name, progress=progress, **recipes[name])
     return trained
+
+
+# ----------------------------------------------------------------------------- the opening cell's time table
+NOTEBOOK_ADAPTERS = {"01": NAMES, "02": ("json",), "03": NAMES}  # what each notebook asks demo_adapters for
+T4_DOWNLOAD_GB = 4.1  # MISTRAL_4BIT's weights
+T4_DOWNLOAD_MB_S = 50  # Colab's usual Hub download speed (an assumption)
+# T4 estimates, not measured: loading the 4-bit base onto the GPU, merging (02 writes Mistral's ~14.5 GB in
+# fp16), the notebook's other cells (generation, evaluation).
+T4_MINUTES = {"01": dict(load=1.0, merge=0.0, other=2.0),
+              "02": dict(load=1.5, merge=3.0, other=2.0),  # 02 loads the base twice (a fresh copy to compare)
+              "03": dict(load=1.0, merge=0.0, other=3.0)}
+# CPU (the embedded SmolLM2, shipped with its adapters: nothing to download or train): measured, minutes.
+# None = not measured yet; the notebooks' maintainers fill these in.
+CPU_MINUTES = {"01": dict(merge=0.0, total=None), "02": dict(merge=None, total=None), "03": dict(merge=0.0, total=None)}
+
+
+def time_table(notebook: str, cpu: dict | None = None) -> str:
+    """A small Russian table for a notebook's opening cell: download, training, merge and total time on the
+    CPU (measured: ``CPU_MINUTES``, or ``cpu={"merge": ..., "total": ...}`` in minutes) and on a Colab T4
+    (an estimate: Mistral-7B in nf4, the demo adapters trained on the first run). ``print(time_table("01"))``."""
+    key = str(notebook)[:2]
+    if key not in NOTEBOOK_ADAPTERS:
+        raise AdapterError(f"notebook={notebook!r}: expected one of {sorted(NOTEBOOK_ADAPTERS)} (e.g. '01').")
+    c = {**CPU_MINUTES[key], **(cpu or {})}
+    t = T4_MINUTES[key]
+    train = t4_estimate({n: RECIPES_LARGE[n] for n in NOTEBOOK_ADAPTERS[key]}, T4_TOKENS_PER_EXAMPLE)[0] / 60
+    total = T4_DOWNLOAD_GB * 1024 / T4_DOWNLOAD_MB_S / 60 + t["load"] + train + t["merge"] + t["other"]
+
+    def num(x, digits=0):
+        return "—" if x is None else f"{x:.{digits}f}"
+
+    rows = [("Скачать, ГБ", "0", f"~{T4_DOWNLOAD_GB:.1f}"),
+            ("Обучение адаптеров, мин", "0", f"~{train:.0f} (0 с Drive)"),
+            ("Слияние, мин", num(c["merge"]), f"~{t['merge']:.0f}" if t["merge"] else "0"),
+            ("Всего, мин", num(c["total"]), f"~{total:.0f}")]
+    head = ("Этап", "CPU (замер)", "T4 (оценка)")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
+    line = lambda r: "| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([f"Ноутбук {key}: время (CPU — встроенная SmolLM2, адаптеры в комплекте; "
+                       "T4 — Mistral-7B в 4 битах, оценка, не замер)",
+                       line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
 def make_foreign_adapter(out_dir="alien_adapter", seed: int = 0) -> Path:
