@@ -86,6 +86,6 @@ def test_the_time_table_of_each_notebook():
     assert f"~{train:.0f} (0 с Drive)" in table and "| Всего, мин              | —" in table
     two = demo.time_table("02_merge_adapter.ipynb", cpu={"merge": 0.4, "total": 3.2})
     assert re.search(r"\| Слияние, мин +\| 0 +\| ~3 ", two) and re.search(r"\| Всего, мин +\| 3 ", two)
-    assert "~1 (0 с Drive)" in two  # 02 trains the json adapter only
+    assert f"~{train:.0f} (0 с Drive)" in two  # 02 uses all three (the trap loads coding, combining uses support)
     with pytest.raises(lh.AdapterError, match="notebook='04'.*'01'"):
         demo.time_table("04")

@@ -74,7 +74,7 @@ def test_colab_ready_structure(nb):
 def test_setup_cell_installs_in_colab_only_and_loads_the_chosen_base(nb):
     setup = setup_cell(nb)
     assert setup.splitlines()[1] == ('BASE = "auto"  #@param ["auto", "smollm2-135m", "smollm2-135m-4bit", '
-                                     '"mistral-7b"]')
+                                     '"mistral-7b", "mistral-7b-official"]')
     assert 'if "google.colab" in sys.modules:' in setup and "lh.setup(" in setup and "lh.load_base(BASE)" in setup
     colab = setup.split('if "google.colab" in sys.modules:')[1].split("import lora_helpers")[0]
     assert "RuntimeError" in colab, "a failed clone or pip install stops with a clear message"
@@ -183,3 +183,13 @@ def test_adapter_table_in_01_matches_the_data_and_the_readme():
         count, rate = [cell.strip() for cell in row.group().strip("|").split("|")][2:4]
         assert count.split()[0] == str(sum(1 for line in open(data / f"{name}_train.jsonl", encoding="utf-8") if line.strip())), (name, count)
         assert re.search(rf"^\| lora_{name} \| \d+ \| {re.escape(rate)} \|", readme, re.M), (name, rate)
+
+
+@pytest.mark.parametrize("nb", [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03")], ids=lambda p: p.name)
+def test_opening_cell_has_the_time_table(nb):
+    """The opening cell shows CPU (measured) and T4 (estimate) times as course.demo.time_table has them."""
+    from lora_helpers.course import demo
+    opening = source(cells(nb)[0])
+    table = demo.time_table(nb.name).splitlines()[1:]
+    assert all(line in opening.splitlines() for line in table), "run /tmp-free: paste demo.time_table() again"
+    assert "оценка, не замер" in opening and "| Всего, мин" in opening

@@ -158,7 +158,7 @@ def _train(model, tokenizer, names, forced, progress, drive=False):
 
 
 # ----------------------------------------------------------------------------- the opening cell's time table
-NOTEBOOK_ADAPTERS = {"01": NAMES, "02": ("json",), "03": NAMES}  # what each notebook asks demo_adapters for
+NOTEBOOK_ADAPTERS = {"01": NAMES, "02": NAMES, "03": NAMES}  # what each notebook asks demo_adapters for (02: json to merge, coding for the trap, support to combine)
 T4_DOWNLOAD_GB = 4.1  # MISTRAL_4BIT's weights
 T4_DOWNLOAD_MB_S = 50  # Colab's usual Hub download speed (an assumption)
 # T4 estimates, not measured: loading the 4-bit base onto the GPU, merging (02 writes Mistral's ~14.5 GB in
