@@ -1,11 +1,19 @@
-"""Notebook 04's scenario: the text-to-SQL data and ``check_sql``."""
+"""Notebook 04's scenario: the text-to-SQL data, ``check_sql``, and how the test copies shorten its training."""
+import json
 import sqlite3
+import sys
+from pathlib import Path
 
 import pytest
 
 from lora_helpers.course import sql
 from lora_helpers.course.sql import TABLES, check_sql, demo_db, load_sql, tables_read
 from lora_helpers.errors import AdapterError
+
+ROOT = Path(__file__).resolve().parent.parent
+NB04 = ROOT / "04_own_router_project.ipynb"
+sys.path.insert(0, str(ROOT / "tools"))
+import notebooks_for_base  # noqa: E402
 
 TRAIN = load_sql("train")
 HELDOUT = load_sql("heldout")
@@ -118,3 +126,37 @@ def test_check_sql_bad_input_is_a_clear_error(reply, table):
 def test_unknown_split():
     with pytest.raises(AdapterError, match="train.*heldout"):
         load_sql("test")
+
+
+# ----------------------------------------------------------------------------- the notebook's frame
+def _cells(path):
+    return json.loads(Path(path).read_text())["cells"]
+
+
+def _tags(cell):
+    return set(cell["metadata"].get("tags", []))
+
+
+def test_notebook_04_checks_enough_base_independent_outputs():
+    checked = [c for c in _cells(NB04) if {"nbval-check-output", "any-base"} <= _tags(c)]
+    assert len(checked) >= 4 and all(c["outputs"] for c in checked)
+
+
+def test_test_copies_shorten_04s_training_and_keep_its_checks(tmp_path):
+    """make test: --same-base keeps every checked output; TRAIN_STEPS=3 reaches the training loop's form field."""
+    copy = notebooks_for_base.prepare(tmp_path, {"TRAIN_STEPS": "3"}, names=[NB04.name], same_base=True)[0]
+    original, short = _cells(NB04), _cells(copy)
+    assert [_tags(c) for c in short] == [_tags(c) for c in original]
+    changed = [(a, b) for c, o in zip(short, original)
+               for a, b in zip("".join(o["source"]).splitlines(), "".join(c["source"]).splitlines()) if a != b]
+    assert len(changed) == 1 and changed[0][0].startswith("TRAIN_STEPS = ")
+    assert changed[0][1] == 'TRAIN_STEPS = 3  #@param {type:"integer"}'
+    loop = next("".join(c["source"]) for c in short if "TRAIN_STEPS = 3" in "".join(c["source"]))
+    assert "range(TRAIN_STEPS)" in loop, "the form field is what the training loop runs"
+
+
+def test_other_base_copies_compare_only_any_base_outputs(tmp_path):
+    copy = notebooks_for_base.prepare(tmp_path, names=[NB04.name])[0]
+    checked = [c for c in _cells(copy) if "nbval-check-output" in _tags(c)]
+    assert checked and all("any-base" in _tags(c) for c in checked)
+    assert len(checked) < sum("nbval-check-output" in _tags(c) for c in _cells(NB04))
