@@ -43,9 +43,9 @@ def output_texts(nb_path):
             yield "".join("".join(p) if isinstance(p, list) else str(p) for p in parts)
 
 
-def test_three_notebooks():
+def test_four_notebooks():
     assert [p.name for p in NOTEBOOKS] == ["01_load_switch_adapters.ipynb", "02_merge_adapter.ipynb",
-                                           "03_router_demo.ipynb"]
+                                           "03_router_demo.ipynb", "04_own_router_project.ipynb"]
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
@@ -63,7 +63,9 @@ def test_colab_ready_structure(nb):
     first = source(cs[0])
     assert cs[0]["cell_type"] == "markdown" and first.startswith("# ")
     assert "colab-badge.svg" in first and nb.name in first and "T4 GPU" in first
-    assert re.search(r"[≈~]\s?30\s?мин", first), "the first cell says how long the notebook takes (≈30 мин)"
+    # 04 is the learner's own hour (≈1 ч); the others take ≈30 мин
+    duration = r"[≈~]\s?1\s?ч" if nb.name.startswith("04_") else r"[≈~]\s?30\s?мин"
+    assert re.search(duration, first), f"the first cell says how long the notebook takes ({duration})"
     last = source(cs[-1])
     assert "Самопроверка" in last and last.count("- [ ]") >= 5
     anchors = {a for c in cs if c["cell_type"] == "markdown" for a in re.findall(r'<a id="([\w-]+)"', source(c))}
@@ -122,7 +124,15 @@ def test_glossary_in_the_prose(nb):
             assert word not in text, f"{word!r} in {nb.name}: {source(cell)[:120]}"
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS[:-1], ids=lambda p: p.name)
+def _link_case(nb):
+    """03 was written before 04 and is edited elsewhere: until its self-check links 04 this case fails as
+    expected (strict, so adding the link turns it into a failure that asks to drop this mark)."""
+    if nb.name == "03_router_demo.ipynb":
+        return pytest.param(nb, marks=pytest.mark.xfail(strict=True, reason="03's self-check does not link 04 yet"))
+    return nb
+
+
+@pytest.mark.parametrize("nb", [_link_case(nb) for nb in NOTEBOOKS[:-1]], ids=lambda p: p.name)
 def test_self_check_ends_with_the_four_ticks_line_and_links_the_next_notebook(nb):
     last = source(cells(nb)[-1])
     ticks = FOUR_TICKS.search(last)
@@ -166,7 +176,7 @@ def test_sync_rewrites_every_link(tmp_path, monkeypatch):
     py = tmp_path / "pyproject.toml"
     py.write_text(re.sub(r'Repository = ".*"', 'Repository = "https://github.com/new-owner/new-name"', py.read_text()))
     monkeypatch.setattr(sync_repo_url, "ROOT", tmp_path)
-    assert len(sync_repo_url.sync()) == 4
+    assert len(sync_repo_url.sync()) == len(NOTEBOOKS) + 1  # the notebooks and README.md
     for p in sync_repo_url.targets():
         text = p.read_text()
         assert "new-owner/new-name" in text and "lora-adapters-course/lora-adapters-course" not in text

@@ -134,26 +134,28 @@ def test_01_with_a_declined_drive_and_a_token_that_cannot_publish(colab_runtime,
         assert md.version(name).split("+")[0] == version, name
 
 
-@pytest.mark.parametrize("name", ["02_merge_adapter.ipynb", "03_router_demo.ipynb"])
+@pytest.mark.parametrize("name", ["02_merge_adapter.ipynb", "03_router_demo.ipynb", "04_own_router_project.ipynb"])
 def test_notebook_runs_with_defaults(colab_runtime, monkeypatch, name):
+    """Defaults, except that 04 trains its own adapter for 3 steps (a real run, not the stored recipe's)."""
     work, _ = colab_runtime
     monkeypatch.setenv("LORA_SESSION_DIR", str(work / "session"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("FAKE_COLAB_SECRETS", raising=False)
-    _run(notebooks_for_base.prepare(work / "defaults", names=[name])[0])
+    _run(notebooks_for_base.prepare(work / "defaults", {"TRAIN_STEPS": "3"}, names=[name])[0])
 
 
 @pytest.mark.parametrize("name", notebooks_for_base.NOTEBOOKS)
 def test_notebook_on_the_4bit_base(colab_runtime, monkeypatch, name):
     """The T4 path on Colab's versions: the embedded base in nf4 (bitsandbytes, as the install cell puts it
-    there), demo adapters trained on the spot with QLoRA (2 steps) by 01 and reused by 02 and 03."""
+    there), demo adapters trained on the spot with QLoRA (2 steps) by 01 and reused by 02, 03 and 04 (which
+    trains only its own adapter, also for 2 steps)."""
     work, _ = colab_runtime
     monkeypatch.setenv("LORA_HELPERS_BASE", "smollm2-135m-4bit")
     monkeypatch.setenv("LORA_HELPERS_DEMO_TRAIN", "2")
     monkeypatch.setenv("LORA_SESSION_DIR", str(work / "session-4bit"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("FAKE_COLAB_SECRETS", raising=False)
-    text = _run(notebooks_for_base.prepare(work / "4bit", names=[name])[0])  # raises if any cell fails
+    text = _run(notebooks_for_base.prepare(work / "4bit", {"TRAIN_STEPS": "2"}, names=[name])[0])  # raises if a cell fails
     trained = "обучаю их сейчас" in text
-    assert trained == (name == notebooks_for_base.NOTEBOOKS[0]), "01 trains the adapters, 02 and 03 reuse them"
+    assert trained == (name == notebooks_for_base.NOTEBOOKS[0]), "01 trains the demo adapters, the others reuse them"
 
