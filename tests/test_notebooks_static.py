@@ -124,15 +124,7 @@ def test_glossary_in_the_prose(nb):
             assert word not in text, f"{word!r} in {nb.name}: {source(cell)[:120]}"
 
 
-def _link_case(nb):
-    """03 was written before 04 and is edited elsewhere: until its self-check links 04 this case fails as
-    expected (strict, so adding the link turns it into a failure that asks to drop this mark)."""
-    if nb.name == "03_router_demo.ipynb":
-        return pytest.param(nb, marks=pytest.mark.xfail(strict=True, reason="03's self-check does not link 04 yet"))
-    return nb
-
-
-@pytest.mark.parametrize("nb", [_link_case(nb) for nb in NOTEBOOKS[:-1]], ids=lambda p: p.name)
+@pytest.mark.parametrize("nb", NOTEBOOKS[:-1], ids=lambda p: p.name)
 def test_self_check_ends_with_the_four_ticks_line_and_links_the_next_notebook(nb):
     last = source(cells(nb)[-1])
     ticks = FOUR_TICKS.search(last)
