@@ -41,7 +41,7 @@ _CACHE_FORMAT = 1  # bump when the converted layout changes, so old caches are r
 STAMP = "lora_helpers_stamp.json"  # which GGUF, which layout: written last, after the manifest
 MANIFEST = "lora_helpers_manifest.json"  # every other file's size and _digest, as the conversion wrote it
 _BLOCK = 1 << 16
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what load_base(dtype=...) accepts (and merge saves)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what load_base(dtype=...) accepts
 CHAT_MARK = "<|im_start|>"  # SmolLM2's ChatML template, which generate and train wrap every prompt in
 
 
@@ -332,7 +332,7 @@ def _auto_preset(device: str) -> str:
 
 
 def _named(model, tok):
-    model.name_or_path = model.config._name_or_path = EMBEDDED_NAME
+    model.name_or_path = model.config.name_or_path = EMBEDDED_NAME
     return model, tok
 
 
@@ -459,7 +459,7 @@ def load_prequantized_4bit(source: str, device: str, token: str | bool | None = 
     config.quantization_config = {**stored, "bnb_4bit_compute_dtype": str(compute).removeprefix("torch.")}
     model, tok = _load_folder(folder, device, compute, config=config, device_map={"": device})
     if hub:  # the Hub id, not the cache folder: adapters record it as their base
-        model.name_or_path = model.config._name_or_path = source
+        model.name_or_path = model.config.name_or_path = source
     return model, tok
 
 

@@ -181,9 +181,9 @@ def as_os_error(e: BaseException) -> OSError | None:
     if isinstance(e, OSError):
         return e
     text = str(e)
-    m = re.search(r"os error (\d+)|code: (\d+)", text)
-    if m and int(m.group(1) or m.group(2)) in _WRITE_ERRNOS:
-        n = int(m.group(1) or m.group(2))
+    m = re.search(r"os error (\d+)", text)  # Rust's io::Error text (tokenizers, safetensors)
+    if m and int(m.group(1)) in _WRITE_ERRNOS:
+        n = int(m.group(1))
         return OSError(n, os.strerror(n))
     n = next((n for n in _WRITE_ERRNOS if os.strerror(n) in text), None)
     return None if n is None else OSError(n, os.strerror(n))

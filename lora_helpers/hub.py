@@ -214,7 +214,9 @@ def _hub_failure(e: BaseException, action: str, token, writing: bool = False) ->
     hub = _endpoint() or "huggingface.co"
     if kinds & {"TimeoutException", "TimeoutError"}:
         why = (f"the Hub at {hub} did not answer in time (a call may take {timeout_s():g} s in all; "
-               "LORA_HUB_TIMEOUT sets that). Check your connection and try again")
+               "LORA_HUB_TIMEOUT sets that). Check your connection and try again"
+               + ("; an upload cut off this way may still have reached the Hub, so look at the repository "
+                  "before uploading again" if writing else ""))
     elif kinds & {"TransportError", "ConnectionError"} and "OfflineModeIsEnabled" not in kinds:
         why = (f"the connection to the Hub at {hub} failed or was cut ({type(chain[-1]).__name__}). Check "
                "your connection and try again")

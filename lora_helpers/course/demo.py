@@ -166,9 +166,9 @@ T4_DOWNLOAD_MB_S = 50  # Colab's usual Hub download speed (an assumption)
 T4_MINUTES = {"01": dict(load=1.0, merge=0.0, other=2.0),
               "02": dict(load=1.5, merge=3.0, other=2.0),  # 02 loads the base twice (a fresh copy to compare)
               "03": dict(load=1.0, merge=0.0, other=3.0)}
-# CPU (the embedded SmolLM2, shipped with its adapters: nothing to download or train): measured, minutes.
-# None = not measured yet; the notebooks' maintainers fill these in.
-CPU_MINUTES = {"01": dict(merge=0.0, total=None), "02": dict(merge=None, total=None), "03": dict(merge=0.0, total=None)}
+# CPU (the embedded SmolLM2, shipped with its adapters: nothing to download or train): measured, minutes, with
+# `nbconvert --execute` on 2 cores (01 137 s, 02 49 s of which ~9 s merging, 03 32 s; 2026-12-06).
+CPU_MINUTES = {"01": dict(merge=0.0, total=2.3), "02": dict(merge=0.15, total=0.8), "03": dict(merge=0.0, total=0.5)}
 
 
 def time_table(notebook: str, cpu: dict | None = None) -> str:
@@ -188,8 +188,8 @@ def time_table(notebook: str, cpu: dict | None = None) -> str:
 
     rows = [("Скачать, ГБ", "0", f"~{T4_DOWNLOAD_GB:.1f}"),
             ("Обучение адаптеров, мин", "0", f"~{train:.0f} (0 с Drive)"),
-            ("Слияние, мин", num(c["merge"]), f"~{t['merge']:.0f}" if t["merge"] else "0"),
-            ("Всего, мин", num(c["total"]), f"~{total:.0f}")]
+            ("Слияние, мин", num(c["merge"], 1), f"~{t['merge']:.0f}" if t["merge"] else "0"),
+            ("Всего, мин", num(c["total"], 1), f"~{total:.0f}")]
     head = ("Этап", "CPU (замер)", "T4 (оценка)")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
     line = lambda r: "| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
@@ -154,15 +155,15 @@ def check_sql(reply: str, table: str, reference: str | None = None) -> SqlVerdic
     if end is not None and text[end + 1:].strip():
         return SqlVerdict(False, False, False, None, f"после запроса ещё текст: «{_snippet(text[end + 1:])}»")
     sql = text if end is None else text[:end + 1]
-    db = demo_db()
-    try:
-        rows = run_query(db, sql)
-    except (sqlite3.Error, sqlite3.Warning) as e:
-        return SqlVerdict(True, False, False, None, f"SQLite не выполнил запрос: {e}")
-    read = tables_read(sql)
-    if table.lower() not in read:
-        return SqlVerdict(True, True, False, None,
-                          f"читает {', '.join(sorted(read)) or 'ни одной таблицы'}, а нужна таблица {table}")
-    same = None if reference is None else _same_rows(rows, run_query(db, reference))
+    with contextlib.closing(demo_db()) as db:
+        try:
+            rows = run_query(db, sql)
+        except (sqlite3.Error, sqlite3.Warning) as e:
+            return SqlVerdict(True, False, False, None, f"SQLite не выполнил запрос: {e}")
+        read = tables_read(sql)
+        if table.lower() not in read:
+            return SqlVerdict(True, True, False, None,
+                              f"читает {', '.join(sorted(read)) or 'ни одной таблицы'}, а нужна таблица {table}")
+        same = None if reference is None else _same_rows(rows, run_query(db, reference))
     summary = {None: "", True: "; результат совпал с эталоном", False: "; результат не совпал с эталоном"}[same]
     return SqlVerdict(True, True, True, same, f"один SELECT, выполняется, таблица {table}{summary}")
