@@ -180,10 +180,10 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
     model.train()
     losses: list[float] = []
     start = time.perf_counter()
-    # TQDM_DISABLE read now: tqdm reads it once, when it is first imported (often before a notebook sets it)
+    # TQDM_DISABLE read now and passed explicitly: tqdm reads it once, when it is first imported (often before
+    # a notebook sets or clears it), and uses that as its default
     quiet = not progress or os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
-    bar = tqdm(_batches(rows, batch_size, steps, seed), total=steps, desc=f"LoRA {name}",
-               **({"disable": True} if quiet else {}))
+    bar = tqdm(_batches(rows, batch_size, steps, seed), total=steps, desc=f"LoRA {name}", disable=quiet)
     for batch in bar:
         loss = batch_loss(model, collate(batch, pad))
         if not math.isfinite(loss.item()):
