@@ -19,7 +19,7 @@ from . import tables
 from .checks import PREFIX, base_weight_keys, check_agrees, check_compatible, check_keys, refuse_base_weights
 from .errors import AdapterError, AdapterFileError
 from .names import BASE, check_name, require_new
-from .storage import inspect_adapter, resolve_adapter
+from .storage import inspect_adapter, resolve_adapter, tensor_bytes
 from .switching import SwitchState, active_adapter, switch, untrained, warn_zero
 
 __all__ = ["active_adapter", "check_compatible", "list_adapters", "load_adapters", "switch"]
@@ -280,7 +280,7 @@ def list_adapters(model) -> AdapterTable:
             base=getattr(cfg, "base_model_name_or_path", None), rank=getattr(cfg, "r", None),
             alpha=getattr(cfg, "lora_alpha", getattr(cfg, "alpha", None)),
             target_modules=",".join(sorted(targets)) if isinstance(targets, (set, list, tuple)) else targets,
-            size_bytes=sum(t.numel() * t.element_size() for t in weights.values()),
+            size_bytes=tensor_bytes(weights),
             sha256=_fingerprint(weights),
             note="lora_B = 0: адаптер ничего не меняет" if untrained(model, name, layers) else ""))
     return table

@@ -229,9 +229,8 @@ def base_weight_keys(files: AdapterFiles) -> list[str]:
 
 
 def refuse_base_weights(name: str, files: AdapterFiles, keys: list[str]) -> None:
-    shown = ", ".join(f"'{k}'" for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
     raise AdapterFileError(
-        f"Adapter {name!r} ('{files.weights}') also carries tensor(s) that are not adapter weights: {shown}. "
+        f"Adapter {name!r} ('{files.weights}') also carries tensor(s) that are not adapter weights: {_shown(keys)}. "
         "Loaded, they would overwrite the shared base model for every adapter. Expected only LoRA weights and "
         "the modules its adapter_config.json lists in modules_to_save. Save the adapter again without them, "
         "or pass allow_base_weights=True if you mean to change the base model itself.")
