@@ -59,12 +59,8 @@ class FakeServer(LocalServer):
         super().__init__()
 
 
-class Fixed:
-    def __init__(self, name):
-        self.name = name
-
-    def route(self, text):
-        return self.name
+def json_route(text):  # a plain function is a router too
+    return "json"
 
 
 def secret_url(server, query=True):
@@ -88,7 +84,7 @@ def test_credentials_are_used_but_never_logged_or_shown(capsys, caplog, query):
         caplog.set_level(logging.DEBUG, logger=name)
     errors = []
     with FakeServer() as fake:
-        client = lh.RoutedClient(secret_url(fake, query), Fixed("json"), api_key=API_KEY, max_retries=0)
+        client = lh.RoutedClient(secret_url(fake, query), json_route, api_key=API_KEY, max_retries=0)
         assert client.chat("hi") == ("json", "ok")
         assert fake.seen[-1] == {"path": "/v1/chat/completions", "query": {"key": [QUERY_KEY]} if query else {},
                                  "auth": f"Basic {BASIC}"}  # the credentials still reach the server
@@ -100,7 +96,7 @@ def test_credentials_are_used_but_never_logged_or_shown(capsys, caplog, query):
             client.chat("hi")
         errors.append(e.value)
         dead = secret_url(fake, query)
-    gone = lh.RoutedClient(dead, Fixed("json"), api_key=API_KEY, max_retries=0, timeout=5)
+    gone = lh.RoutedClient(dead, json_route, api_key=API_KEY, max_retries=0, timeout=5)
     with pytest.raises(ServeError, match="Cannot reach") as e:
         gone.chat("x")
     errors.append(e.value)
@@ -115,7 +111,7 @@ def test_credentials_are_used_but_never_logged_or_shown(capsys, caplog, query):
 def test_a_bearer_key_quoted_back_is_not_shown(capsys, caplog):
     caplog.set_level(logging.INFO)
     with FakeServer(mode="echo") as fake:
-        client = lh.RoutedClient(fake.url, Fixed("json"), api_key=API_KEY, max_retries=0)
+        client = lh.RoutedClient(fake.url, json_route, api_key=API_KEY, max_retries=0)
         with pytest.raises(ServeError, match=r"Authorization: Bearer \*\*\*") as e:
             client.chat("x")
     assert API_KEY not in everything_shown([e.value], client, capsys, caplog)
@@ -133,7 +129,7 @@ def test_scrub(text, clean):
 
 
 def test_base_url_shows_no_credentials_or_query_values():
-    client = lh.RoutedClient("https://u:p4ss@example.org/api/?key=abc123&v=2", Fixed("json"))
+    client = lh.RoutedClient("https://u:p4ss@example.org/api/?key=abc123&v=2", json_route)
     assert client.base_url == "https://***@example.org/api/v1?key=***&v=***"
     assert client.client.base_url.host == "example.org" and "p4ss" not in str(client.client.base_url)
 
@@ -143,7 +139,7 @@ def test_base_url_shows_no_credentials_or_query_values():
 @pytest.mark.parametrize("mode", ["stall", "drip"])
 def test_a_call_always_ends(mode):
     with FakeServer(mode=mode) as fake:
-        client = lh.RoutedClient(fake.url, Fixed("json"), timeout=1)
+        client = lh.RoutedClient(fake.url, json_route, timeout=1)
         for call in (lambda: client.chat("x"), client.models, lambda: client.chat_many(["a", "b"])):
             t0 = time.monotonic()
             with pytest.raises(ServeError, match="did not answer within 1 s.*timeout="):
@@ -152,7 +148,7 @@ def test_a_call_always_ends(mode):
 
 
 def test_the_default_timeout_is_finite_and_at_most_a_minute():
-    client = lh.RoutedClient("http://127.0.0.1:1", Fixed("json"))
+    client = lh.RoutedClient("http://127.0.0.1:1", json_route)
     assert client.timeout == client_module.DEFAULT_TIMEOUT_S <= 60
     assert 0 < client.client.timeout <= 60  # also each wait of the HTTP client
 
@@ -160,4 +156,4 @@ def test_the_default_timeout_is_finite_and_at_most_a_minute():
 @pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), "60", None, True])
 def test_a_bad_timeout_is_refused(bad):
     with pytest.raises(AdapterError, match="not a number of seconds"):
-        lh.RoutedClient("http://127.0.0.1:1", Fixed("json"), timeout=bad)
+        lh.RoutedClient("http://127.0.0.1:1", json_route, timeout=bad)
