@@ -120,9 +120,9 @@ class RoutedClient:
     query in it is used but never shown: ``self.base_url``, messages and the HTTP libraries' log lines carry
     ``***`` instead). ``router``: anything with ``.route(text) -> name`` (``lh.make_router("keyword")``) or a
     plain ``str -> str`` function. The route "base" goes to the base model's served name (``base_model_name``,
-    else asked from the server's ``/v1/models`` once). Replies are greedy (temperature 0) unless told otherwise. ``timeout``: the seconds one
-    call (a chat, the model list) may take in all, retries included (default 60; raise it for long generations
-    on a slow server). Server errors, timeouts and replies that are not OpenAI's format become
+    else asked from the server's ``/v1/models`` once). Replies are greedy (temperature 0) unless told otherwise.
+    ``timeout``: the seconds one call (a chat, the model list) may take in all, retries included (default 60;
+    raise it for long generations on a slow server). Server errors, timeouts and replies that are not OpenAI's format become
     :class:`ServeError` (:class:`AdapterNotServedError` when the server does not serve that adapter).
     """
 
