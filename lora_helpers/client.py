@@ -122,8 +122,8 @@ class RoutedClient:
     plain ``str -> str`` function. The route "base" goes to the base model's served name (``base_model_name``,
     else asked from the server's ``/v1/models`` once). Replies are greedy (temperature 0) unless told otherwise.
     ``timeout``: the seconds one call (a chat, the model list) may take in all, retries included (default 60;
-    raise it for long generations on a slow server). Server errors, timeouts and replies that are not OpenAI's format become
-    :class:`ServeError` (:class:`AdapterNotServedError` when the server does not serve that adapter).
+    raise it for long generations on a slow server). Server errors, timeouts and replies that are not OpenAI's
+    format become :class:`ServeError` (:class:`AdapterNotServedError` when the server does not serve that adapter).
     """
 
     def __init__(self, base_url: str, router, api_key: str | None = None, base_model_name: str | None = None,
