@@ -27,6 +27,11 @@ def chat_text(tokenizer, prompt: str, system: str | None = None) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+def pad_id(tokenizer) -> int:
+    """The token that pads a batch: the tokenizer's pad token, else its end-of-sequence token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def context_window(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
@@ -71,7 +76,7 @@ def generate(model, tokenizer, prompt_or_prompts, adapter=None, max_new_tokens: 
     else:
         _refuse_peft_base([adapter])
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     enc = _left_padded(tokenizer, texts, pad, model.device)
     limit = context_window(model)
     if limit and enc["input_ids"].shape[1] + max_new_tokens > limit:

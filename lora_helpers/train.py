@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .base import is_quantized, quiet_known_warnings
 from .errors import AdapterError, PromptError
-from .generate import chat_text
+from .generate import chat_text, pad_id
 from .names import require_new
 from .switching import switch
 
@@ -98,7 +98,7 @@ def reply_loss(model, tokenizer, examples, batch_size: int = 8, max_length: int 
     was_training = model.training
     model.eval()
     rows = [encode_example(tokenizer, *_pair(e), max_length=max_length) for e in examples]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     total, count = 0.0, 0
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
@@ -163,7 +163,7 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
     if not examples:
         raise AdapterError("No training examples given: pass a list of {'prompt': ..., 'reply': ...}.")
     rows = [encode_example(tokenizer, *_pair(e), max_length=max_length) for e in examples]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
 
     torch.manual_seed(seed)  # the LoRA A matrices are initialised from it
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
