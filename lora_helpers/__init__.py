@@ -8,7 +8,9 @@ from .errors import (
     UntrainedAdapterWarning,
 )
 # -- module exports (one line per module) --
-from .base import PRESETS, cache_dir, in_colab, load_base, pick_device, setup
+from .base import PRESETS, load_base
+from .embedded import cache_dir
+from .notebook_setup import in_colab, pick_device, setup
 from .colab import mount_drive
 from .generate import generate, route_and_generate
 from .adapters import active_adapter, list_adapters, load_adapters, switch

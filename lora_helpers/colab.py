@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .base import in_colab
+from .notebook_setup import in_colab
 from .errors import AdapterError
 
 COLAB_DRIVE_MOUNT = "/content/drive"  # where Colab mounts Google Drive

@@ -25,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .base import in_colab
+from .notebook_setup import in_colab
 from .errors import AdapterError, AdapterNotFoundError, StorageError
 from .folders import disk_error
 

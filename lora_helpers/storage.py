@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import hub
-from .base import in_colab
+from .notebook_setup import in_colab
 from .errors import AdapterError, AdapterFileError, AdapterNotFoundError, StorageError
 from .folders import (  # noqa: F401  (re-exported: merge and train write through storage)
     CONFIG_NAME, NO_SPACE, PICKLE_NAME, WEIGHTS_NAME, WRITTEN, as_os_error, check_ours, check_path, disk_error,

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .base import is_quantized, quiet_known_warnings
+from .base import is_quantized
 from .errors import AdapterError, PromptError
 from .generate import chat_text, pad_id
 from .names import require_new
+from .notebook_setup import quiet_known_warnings
 from .switching import switch
 
 IGNORE = -100

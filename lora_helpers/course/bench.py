@@ -251,7 +251,8 @@ def plot(r: dict, path: Path) -> None:
 def run_all(scale=(1, 4, 16, 64)) -> dict:
     from ..adapters import load_adapters
     from ..shipped import DEMO_ADAPTERS
-    from ..base import load_base, setup
+    from ..base import load_base
+    from ..notebook_setup import setup
     from ..merge import merge_and_save
     from ..router import make_router
 

@@ -149,7 +149,8 @@ def bench_serving(adapters: Mapping | None = None, per_adapter: int = 2, max_new
     import torch
 
     from ..adapters import load_adapters
-    from ..base import load_base, setup
+    from ..base import load_base
+    from ..notebook_setup import setup
     from ..shipped import load_examples
     from ..generate import generate
 

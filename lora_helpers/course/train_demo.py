@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from ..base import EMBEDDED_NAME, load_base, setup
+from ..base import EMBEDDED_NAME, load_base
+from ..notebook_setup import setup
 from ..errors import AdapterError
 from ..shipped import BEHAVIOURS, SHIPPED_DIR, demo_sources
 from ..train import RECIPES, save_adapter_folder, train_adapter
