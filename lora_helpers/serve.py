@@ -89,27 +89,44 @@ def _model_name(model_or_folder) -> str:
                        f"serve. {_WHAT_TO_PASS}")
 
 
-def _base_path(model_or_folder) -> tuple[str, str]:
-    """(what vLLM loads, the served model name) for a preset, a local folder, a Hub repo id or a loaded model."""
+def _base_path(model_or_folder) -> tuple[str, str, dict]:
+    """(what vLLM loads, the served model name, flags) for a preset, a local folder, a Hub repo id or a loaded
+    model. A preset (and "auto", which follows ``LORA_HELPERS_BASE`` as ``load_base`` does) is served as the
+    preset table says, so vLLM serves the model ``load_base`` loads."""
     from huggingface_hub.utils import validate_repo_id
 
     from . import base as b
 
     name = _model_name(model_or_folder)
     if name == "auto":
-        name = "smollm2-135m" if b.pick_device() == "cpu" else b.MISTRAL_NAME
-    if name in ("smollm2-135m", b.EMBEDDED_NAME):
-        return str(b.embedded_folder()), b.EMBEDDED_NAME
-    if name == "mistral-7b":
-        return b.MISTRAL_NAME, b.MISTRAL_NAME
+        name = b.auto_preset(b.pick_device())
+    if name in b.PRESETS:
+        return _preset_answer(b.PRESETS[name])
+    # a loaded 4-bit model (e.g. from the 4-bit embedded preset): vLLM quantizes it the same way
+    loaded = not isinstance(model_or_folder, (str, os.PathLike))
+    flags = {"quantization": "bitsandbytes"} if loaded and b.is_quantized(model_or_folder) else {}
+    if name == b.EMBEDDED_NAME:
+        return str(b.embedded_folder()), b.EMBEDDED_NAME, flags
     path = Path(name).expanduser()
     if _is(path, Path.exists):  # a folder, or a GGUF file
-        return str(path.resolve()), path.name
+        return str(path.resolve()), path.name, flags
     try:
         validate_repo_id(name)
     except ValueError:  # HFValidationError
         raise AdapterError(f"{_short(name)} is neither a local folder nor a Hub repo id. {_WHAT_TO_PASS}") from None
-    return name, name  # a Hub repo id: vLLM downloads it
+    return name, name, flags  # a Hub repo id: vLLM downloads it
+
+
+def _preset_answer(preset) -> tuple[str, str, dict]:
+    """A preset as vLLM serves it: the same folder or repository as load_base, bitsandbytes nf4 where load_base
+    loads nf4 (quantized at load, or read from a stored nf4 checkpoint), the compute dtype the preset fixes."""
+    from . import base as b
+
+    model = str(b.embedded_folder()) if preset.source == b.EMBEDDED_NAME else preset.source
+    flags = {"quantization": "bitsandbytes"} if preset.nf4 else {}
+    if preset.compute is not None:
+        flags["dtype"] = str(preset.compute).removeprefix("torch.")
+    return model, preset.source, flags
 
 
 def _flag(key: str, value) -> list[str]:
@@ -127,21 +144,23 @@ def vllm_command(model_or_folder, adapters: Mapping, host: str = "127.0.0.1", po
                  program: str = "vllm", **opts) -> list[str]:
     """The ``vllm serve`` command for one base and several LoRA adapters, as a list of arguments.
 
-    ``model_or_folder``: "smollm2-135m", "auto" (on a CPU) or the embedded name -> the cached converted
-    folder of the embedded base; "mistral-7b"; a local transformers folder; a Hub repo id; or a loaded
-    model (or PeftModel), served by the folder or repo id it was loaded from (its ``name_or_path``).
+    ``model_or_folder``: a preset of ``lh.PRESETS`` or "auto" -> what ``load_base`` loads for it ("smollm2-135m"
+    -> the cached converted folder of the embedded base; "mistral-7b" -> the ungated nf4 build with
+    ``--quantization bitsandbytes``; ...); a local transformers folder; a Hub repo id; or a loaded model (or
+    PeftModel), served by the folder or repo id it was loaded from (its ``name_or_path``), quantized by
+    bitsandbytes when it is a 4-bit model.
     ``adapters``: {name: PEFT adapter folder}. A source that is not a local folder (e.g. "owner/repo" on
     the Hub, which vLLM downloads itself) needs ``max_lora_rank=`` since its rank cannot be read here.
     ``opts`` become ``--flag value`` (``max_model_len=1024`` -> ``--max-model-len 1024``; True -> a bare
-    flag; a list -> several values); they override the computed ``--max-lora-rank``, ``--max-loras`` and
-    ``--served-model-name``. ``program``: the ``vllm`` executable (-> ``vllm serve MODEL ...``), or a
+    flag; a list -> several values); they override the computed ``--max-lora-rank``, ``--max-loras``,
+    ``--served-model-name`` and the preset's ``--quantization`` / ``--dtype`` (None drops a flag). ``program``: the ``vllm`` executable (-> ``vllm serve MODEL ...``), or a
     Python interpreter that has vLLM (-> ``python -m vllm.entrypoints.openai.api_server --model MODEL ...``,
     same flags; :func:`vllm_program` picks it for ``.venv-serve``).
     """
     if not isinstance(adapters, Mapping):
         raise AdapterError(f"adapters must be a mapping {{name: folder}}, got {type(adapters).__name__}. "
                            "Example: vllm_command('smollm2-135m', lh.DEMO_ADAPTERS).")
-    model, served = _base_path(model_or_folder)
+    model, served, flags = _base_path(model_or_folder)
     modules, ranks = [], []
     for name, source in adapters.items():
         if not isinstance(name, str) or not name or "=" in name or " " in name or name == BASE:
@@ -161,7 +180,7 @@ def vllm_command(model_or_folder, adapters: Mapping, host: str = "127.0.0.1", po
                 "folder (lh.resolve_adapter('hub:owner/repo') downloads one), or pass max_lora_rank=<its r> to "
                 "serve a Hub repo id that vLLM downloads itself.")
         modules.append(f"{name}={source}")
-    computed = {"served_model_name": served, "max_lora_rank": max_lora_rank(ranks),
+    computed = {"served_model_name": served, **flags, "max_lora_rank": max_lora_rank(ranks),
                 "max_loras": max(1, len(modules))}
     opts = {**computed, **opts}
     if Path(str(program)).name.startswith("python"):  # vLLM's server module, not its CLI (see vllm_program)

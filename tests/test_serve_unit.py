@@ -7,6 +7,8 @@ import shlex
 import sys
 import time
 
+from types import SimpleNamespace
+
 import pytest
 from http_scaffold import LocalServer, QuietHandler
 
@@ -80,6 +82,120 @@ def test_vllm_command_embedded_base_and_overrides(tmp_path, monkeypatch):
     plain = serve.vllm_command("owner/some-model", {})
     assert "--enable-lora" not in plain and "--max-lora-rank" not in plain
     assert serve.served_model_name(plain) == "owner/some-model"
+
+
+# ----------------------------------------------------------------------------- presets: what vLLM serves
+@pytest.fixture
+def presets(tmp_path, monkeypatch):
+    """The embedded cache faked as a folder, no LORA_HELPERS_BASE: name -> (model, served name, --quantization)."""
+    from lora_helpers import base as b
+    monkeypatch.setattr(b, "embedded_folder", lambda: tmp_path / "converted")
+    monkeypatch.delenv("LORA_HELPERS_BASE", raising=False)
+
+    def answer(name):
+        cmd = serve.vllm_command(name, {})
+        quantization = cmd[cmd.index("--quantization") + 1] if "--quantization" in cmd else None
+        return cmd[2], serve.served_model_name(cmd), quantization
+
+    return answer
+
+
+def test_the_embedded_preset_serves_the_converted_folder_in_full_precision(presets, tmp_path):
+    from lora_helpers import base as b
+    assert presets("smollm2-135m") == (str(tmp_path / "converted"), b.EMBEDDED_NAME, None)
+
+
+def test_the_4bit_embedded_preset_serves_the_converted_folder_quantized_by_bitsandbytes(presets, tmp_path):
+    from lora_helpers import base as b
+    assert presets("smollm2-135m-4bit") == (str(tmp_path / "converted"), b.EMBEDDED_NAME, "bitsandbytes")
+
+
+def test_mistral_serves_the_ungated_nf4_build_with_bitsandbytes(presets):
+    """Not the gated 14.5 GB repository: the ~4 GB build load_base("mistral-7b") loads, no token needed."""
+    assert presets("mistral-7b") == ("unsloth/mistral-7b-instruct-v0.3-bnb-4bit",
+                                     "unsloth/mistral-7b-instruct-v0.3-bnb-4bit", "bitsandbytes")
+
+
+def test_the_official_mistral_serves_the_gated_repository_quantized_as_load_base_does(presets):
+    assert presets("mistral-7b-official") == ("mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mistral-7B-Instruct-v0.3",
+                                              "bitsandbytes")
+
+
+def test_auto_serves_what_load_base_auto_loads(presets, monkeypatch, tmp_path):
+    import torch
+    assert presets("auto")[0] == str(tmp_path / "converted")  # this machine has no GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert presets("auto") == presets("mistral-7b")  # a GPU: the ungated nf4 build
+    monkeypatch.setenv("LORA_HELPERS_BASE", "smollm2-135m-4bit")
+    assert presets("auto") == presets("smollm2-135m-4bit")
+    mine = tmp_path / "my base"
+    mine.mkdir()
+    monkeypatch.setenv("LORA_HELPERS_BASE", str(mine))
+    assert presets("auto") == (str(mine.resolve()), "my base", None)
+    monkeypatch.setenv("LORA_HELPERS_BASE", "owner/some-model")
+    assert presets("auto") == ("owner/some-model", "owner/some-model", None)
+    monkeypatch.setenv("LORA_HELPERS_BASE", "no-such-preset")
+    with pytest.raises(lh.BaseModelError, match="LORA_HELPERS_BASE.*smollm2-135m-4bit"):
+        presets("auto")
+
+
+def _what_load_base_loads(name, monkeypatch):
+    """(folder or Hub id, nf4?, forced compute dtype) that load_base(name) hands to the loaders, on a faked GPU."""
+    import torch
+    from lora_helpers import base as b
+    seen = []
+
+    def record(source, quantized, compute=None):
+        seen.append((str(source), quantized, compute))
+        return SimpleNamespace(config=SimpleNamespace()), None
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(b, "_load_embedded", lambda device, dtype, **kw: record(b.embedded_folder(), False))
+    monkeypatch.setattr(b, "_load_hub", lambda repo, device, dtype, token, **kw: record(repo, False))
+    monkeypatch.setattr(b, "load_4bit", lambda source, device, token=None, compute=None: record(source, True, compute))
+    monkeypatch.setattr(b, "load_prequantized_4bit", lambda source, device, token=None: record(source, True))
+    b.load_base(name, device="cuda")
+    assert len(seen) == 1, seen
+    return seen[0]
+
+
+def test_every_preset_serves_what_load_base_loads(presets, monkeypatch):
+    """One table answers both: for each preset, vLLM gets the same folder or repository as load_base, quantized
+    by bitsandbytes exactly when load_base loads it in nf4, in the compute dtype the preset fixes (if any)."""
+    assert set(lh.PRESETS) >= {"smollm2-135m", "smollm2-135m-4bit", "mistral-7b", "mistral-7b-official"}
+    for name in lh.PRESETS:
+        source, quantized, compute = _what_load_base_loads(name, monkeypatch)
+        model, _, how = presets(name)
+        assert model == source and (how == "bitsandbytes") == quantized, name
+        dtype = serve.vllm_command(name, {})
+        assert (dtype[dtype.index("--dtype") + 1] if "--dtype" in dtype else None) == \
+            (compute and str(compute).removeprefix("torch.")), name
+
+
+def test_a_new_preset_is_one_entry_that_load_base_and_vllm_both_follow(presets, monkeypatch, tmp_path):
+    """E.g. the embedded base in nf4 computing in fp16 (what a T4 computes): one entry, both answers follow."""
+    import torch
+    from lora_helpers import base as b
+    monkeypatch.setitem(b.PRESETS, "embedded-nf4-fp16", b.Preset("the embedded base in nf4, fp16 compute",
+                                                                  b.EMBEDDED_NAME, nf4="load", compute=torch.float16))
+    assert _what_load_base_loads("embedded-nf4-fp16", monkeypatch) == (str(tmp_path / "converted"), True,
+                                                                       torch.float16)
+    cmd = serve.vllm_command("embedded-nf4-fp16", {})
+    assert cmd[2] == str(tmp_path / "converted") and cmd[cmd.index("--dtype") + 1] == "float16"
+    assert "embedded-nf4-fp16" in str(pytest.raises(lh.BaseModelError, b.load_base, "nope").value)
+    with pytest.raises(ValueError, match="compute"):
+        b.Preset("a stored nf4 build cannot change its compute dtype", "owner/x", nf4="stored", compute=torch.float16)
+
+
+def test_a_loaded_4bit_model_is_served_quantized(tmp_path, monkeypatch):
+    from lora_helpers import base as b
+    monkeypatch.setattr(b, "embedded_folder", lambda: tmp_path / "converted")
+    model = LoadedModel(b.EMBEDDED_NAME)
+    assert "--quantization" not in serve.vllm_command(model, {})
+    model.is_loaded_in_4bit = True  # what load_base("smollm2-135m-4bit") gives
+    cmd = serve.vllm_command(model, {})
+    assert cmd[2] == str(tmp_path / "converted") and cmd[cmd.index("--quantization") + 1] == "bitsandbytes"
+    assert "--quantization" not in serve.vllm_command(model, {}, quantization=None)  # an option overrides it
 
 
 def test_vllm_command_bad_input(tmp_path):

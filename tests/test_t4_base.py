@@ -141,8 +141,9 @@ def test_the_official_repository_is_its_own_preset_without_a_silent_fallback(fak
 
 
 def test_presets_name_both_mistral_builds_and_the_variable_accepts_them(monkeypatch):
-    assert base.MISTRAL_4BIT in base.PRESETS["mistral-7b"] and "no token" in base.PRESETS["mistral-7b"]
-    assert base.MISTRAL_NAME in base.PRESETS["mistral-7b-official"] and "token" in base.PRESETS["mistral-7b-official"]
+    fast, official = base.PRESETS["mistral-7b"], base.PRESETS["mistral-7b-official"]
+    assert fast.source == base.MISTRAL_4BIT in fast.about and "no token" in fast.about and not fast.gated
+    assert official.source == base.MISTRAL_NAME in official.about and "token" in official.about and official.gated
     monkeypatch.setenv("LORA_HELPERS_BASE", "mistral-7b-official")
     with pytest.raises(lh.BaseModelError, match="'mistral-7b-official' preset.*CUDA GPU"):
         lh.load_base("auto", device="cpu")
