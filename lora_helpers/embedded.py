@@ -141,6 +141,8 @@ def embedded_folder(rebuild: bool = False) -> Path:
         except OSError as e:
             raise BaseModelError(f"Cannot write the converted base into {target.parent} ({e.strerror or e}). "
                                  "Point LORA_HELPERS_CACHE to a writable folder (not a file).") from e
+        print(f"Встроенная база {EMBEDDED_NAME.split('/')[-1]} переводится из GGUF в формат transformers "
+              "(один раз, ~30 с)…")
         _convert_gguf(gguf, stage)
         _write_manifest(stage)
         (stage / STAMP).write_text(json.dumps(_stamp(gguf)))
@@ -155,7 +157,6 @@ def embedded_folder(rebuild: bool = False) -> Path:
 def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    print(f"Converting the embedded base {EMBEDDED_NAME} from GGUF (once, ~30 s) into {out.parent} ...")
     src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config + weights.

@@ -71,6 +71,15 @@ def test_conversion_runs_once_then_loads_from_cache(fake_conversion):
     assert json.loads((target / "lora_helpers_stamp.json").read_text())["name"] == base.EMBEDDED_NAME
 
 
+def test_the_conversion_tells_the_learner_in_russian_without_a_path(fake_conversion, capsys, tmp_path):
+    lh.load_base("smollm2-135m", device="cpu")
+    shown = capsys.readouterr().out
+    assert "GGUF" in shown and "один раз" in shown and "Converting" not in shown
+    assert str(tmp_path) not in shown and "/" not in shown.replace("SmolLM2-135M-Instruct", "")
+    lh.load_base("smollm2-135m", device="cpu")
+    assert capsys.readouterr().out == ""  # from the cache: nothing to say
+
+
 def test_interrupted_conversion_leaves_no_cache(fake_conversion):
     convert, runs, target = fake_conversion
     convert.fail = True
