@@ -73,8 +73,8 @@ def load_base(preset: str = "auto", device: str | None = None, dtype: torch.dtyp
     """Load a base model and its tokenizer: ``model, tok = load_base()``.
 
     ``preset``: "auto" (``LORA_HELPERS_BASE`` when set, else the embedded SmolLM2 on CPU and "mistral-7b" on
-    CUDA), "smollm2-135m", "smollm2-135m-4bit", "mistral-7b" (the ungated nf4 build, no token),
-    "mistral-7b-official" (the gated original, token needed), a local folder or a Hub model id.
+    CUDA); a name in ``PRESETS``: "smollm2-135m", "smollm2-135m-4bit", "mistral-7b" (the ungated nf4 build, no
+    token), "mistral-7b-official" (the gated original, token needed); a local folder or a Hub model id.
     ``device``: "cpu", "cuda" or "cuda:N" (default: a CUDA GPU when there is one). ``dtype``: a floating
     torch dtype for full-precision bases. Each call returns a fresh model.
     """
