@@ -153,9 +153,10 @@ def vllm_command(model_or_folder, adapters: Mapping, host: str = "127.0.0.1", po
     the Hub, which vLLM downloads itself) needs ``max_lora_rank=`` since its rank cannot be read here.
     ``opts`` become ``--flag value`` (``max_model_len=1024`` -> ``--max-model-len 1024``; True -> a bare
     flag; a list -> several values); they override the computed ``--max-lora-rank``, ``--max-loras``,
-    ``--served-model-name`` and the preset's ``--quantization`` / ``--dtype`` (None drops a flag). ``program``: the ``vllm`` executable (-> ``vllm serve MODEL ...``), or a
-    Python interpreter that has vLLM (-> ``python -m vllm.entrypoints.openai.api_server --model MODEL ...``,
-    same flags; :func:`vllm_program` picks it for ``.venv-serve``).
+    ``--served-model-name`` and the preset's ``--quantization`` / ``--dtype`` (None drops a flag).
+    ``program``: the ``vllm`` executable (-> ``vllm serve MODEL ...``), or a Python interpreter that has vLLM
+    (-> ``python -m vllm.entrypoints.openai.api_server --model MODEL ...``, same flags; :func:`vllm_program`
+    picks it for ``.venv-serve``).
     """
     if not isinstance(adapters, Mapping):
         raise AdapterError(f"adapters must be a mapping {{name: folder}}, got {type(adapters).__name__}. "

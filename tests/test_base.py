@@ -265,8 +265,8 @@ def test_cache_variable_pointing_to_a_file(monkeypatch, tmp_path):
 def test_environment_decides_what_auto_loads(monkeypatch):
     seen = []
     monkeypatch.setattr(base, "embedded_folder", lambda: Path("/embedded"))
-    monkeypatch.setattr(base, "load_4bit", lambda source, device, token=None, compute=None: seen.append((source, device))
-                        or (SimpleNamespace(config=SimpleNamespace()), None))
+    monkeypatch.setattr(base, "load_4bit", lambda source, device, token=None, compute=None:
+                        seen.append((source, device)) or (SimpleNamespace(config=SimpleNamespace()), None))
     monkeypatch.setenv("LORA_HELPERS_BASE", "smollm2-135m-4bit")
     model, _ = lh.load_base("auto", device="cpu")
     assert seen == [("/embedded", "cpu")] and model.name_or_path == base.EMBEDDED_NAME

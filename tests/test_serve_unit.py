@@ -117,8 +117,8 @@ def test_mistral_serves_the_ungated_nf4_build_with_bitsandbytes(presets):
 
 
 def test_the_official_mistral_serves_the_gated_repository_quantized_as_load_base_does(presets):
-    assert presets("mistral-7b-official") == ("mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mistral-7B-Instruct-v0.3",
-                                              "bitsandbytes")
+    official = "mistralai/Mistral-7B-Instruct-v0.3"
+    assert presets("mistral-7b-official") == (official, official, "bitsandbytes")
 
 
 def test_auto_serves_what_load_base_auto_loads(presets, monkeypatch, tmp_path):
