@@ -2,13 +2,9 @@
 from __future__ import annotations
 
 from .errors import AdapterError, MergeError
-from .names import require_loaded, require_new
+from .names import loaded_names, require_loaded, require_new
 
 METHODS = ("linear", "ties", "dare_ties", "cat")
-
-
-def _loaded(model) -> list:
-    return sorted(getattr(model, "peft_config", {}) or {})
 
 
 def _is_lora(cfg) -> bool:
@@ -23,7 +19,7 @@ def combine_adapters(model, weights: dict, new_name: str, method: str = "linear"
     and resolve sign conflicts ("dare_ties" is random: seed first). The active adapter does not change:
     ``lh.switch(model, new_name)`` to use it.
     """
-    if not hasattr(model, "add_weighted_adapter") or not _loaded(model):
+    if not hasattr(model, "add_weighted_adapter") or not loaded_names(model):
         raise AdapterError("combine_adapters needs a PeftModel with LoRA adapters loaded: "
                            "model = lh.load_adapters(model, {name: source}).")
     if not isinstance(weights, dict) or not weights:

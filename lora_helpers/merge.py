@@ -21,11 +21,12 @@ from safetensors import SafetensorError
 
 from .base import is_quantized
 from .colab import GIB, free_gpu, free_ram, require
-from .combine import _is_lora, _loaded
-from .errors import AdapterError, AdapterExistsError, AdapterNotFoundError, MergeError, StorageError
+from .combine import _is_lora
+from .errors import AdapterError, AdapterExistsError, MergeError, StorageError
 from .folders import OS_LITTER, as_os_error, check_path, disk_error, replace_folder, staging_folder
+from .modes import eval_mode
 from .merged_weights import _dequantized, _tied_pairs, _write_config, write_merged
-from .names import BASE
+from .names import BASE, loaded_names, require_loaded
 from .storage import adapter_bytes
 
 REPORT_NAME = "merge_report.json"
@@ -187,14 +188,13 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
 
 # ----------------------------------------------------------------------------- checks
 def _check_adapter(model, name) -> None:
-    if not hasattr(model, "get_base_model") or not _loaded(model):
+    if not hasattr(model, "get_base_model") or not loaded_names(model):
         raise AdapterError(f"The model ({type(model).__name__}) has no adapters loaded, so there is nothing to "
                            "merge. Load them first: model = lh.load_adapters(model, {name: source}).")
     if name == BASE:
         raise AdapterError(f"{BASE!r} means no adapter: there is nothing to merge. Give an adapter name "
-                           f"({', '.join(_loaded(model))}).")
-    if name not in model.peft_config:
-        raise AdapterNotFoundError(f"No adapter named {name!r} is loaded; loaded: {', '.join(_loaded(model))}.")
+                           f"({', '.join(loaded_names(model))}).")
+    require_loaded(model, name)
     if not _is_lora(model.peft_config[name]):
         raise AdapterError(f"'{name}' is a {model.peft_config[name].peft_type} adapter; only LoRA adapters merge here.")
     if any(getattr(m, "merged", False) for m in _lora_layers(model.get_base_model()).values()):
@@ -317,13 +317,8 @@ def _adapter_logits(model, name, ids) -> torch.Tensor:
     """Logits of the unmerged adapter: a temporary switch, restored afterwards (eval mode meanwhile)."""
     from .switching import temporary_switch
 
-    training = model.training
-    model.eval()
-    try:
-        with temporary_switch(model, name):
-            return model(input_ids=ids.to(model.device)).logits.float().cpu()
-    finally:
-        model.train(training)
+    with eval_mode(model), temporary_switch(model, name):
+        return model(input_ids=ids.to(model.device)).logits.float().cpu()
 
 
 @torch.inference_mode()
