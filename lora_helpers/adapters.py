@@ -16,7 +16,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 
 from . import tables
-from .checks import PREFIX, base_weight_keys, check_agrees, check_compatible, check_keys, refuse_base_weights
+from .checks import (PREFIX, base_weight_keys, check_agrees, check_compatible, check_finite, check_keys,
+                     refuse_base_weights)
 from .errors import AdapterError, AdapterFileError
 from .names import BASE, check_name, require_new
 from .storage import adapter_weights, inspect_adapter, resolve_adapter, tensor_bytes
@@ -152,6 +153,7 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
         check_keys(files, name, loaded)
         check_compatible(model, files, name, check_base)
         check_agrees(model, files, name)
+        check_finite(files, name)
         foreign = base_weight_keys(files)
         if foreign and not allow_base_weights:
             refuse_base_weights(name, files, foreign)
