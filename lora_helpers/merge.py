@@ -8,6 +8,7 @@ shard, so the extra memory is about one shard. Every adapter stays loaded, unmer
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import gc
 import json
@@ -20,10 +21,10 @@ import torch
 from safetensors import SafetensorError
 
 from .base import is_quantized
-from .colab import GIB, free_gpu, free_ram, require
+from .colab import GIB, free_disk, free_gpu, free_ram, require
 from .combine import _is_lora
 from .errors import AdapterError, AdapterExistsError, MergeError, StorageError
-from .folders import OS_LITTER, as_os_error, check_path, disk_error, replace_folder, staging_folder
+from .folders import OS_LITTER, as_os_error, check_path, disk_error, replace_folder, staging_folder, user_path
 from .modes import eval_mode
 from .merged_weights import _dequantized, _tied_pairs, _write_config, write_merged
 from .names import BASE, loaded_names, require_loaded
@@ -124,7 +125,8 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
     _check_adapter(model, name)
     if verify not in VERIFY:
         raise AdapterError(f"verify={verify!r}: use True/'auto', 'logits', 'tensors' or False.")
-    out = Path(out_dir).expanduser()
+    tolerance = _check_tolerance(tolerance)
+    out = user_path(out_dir)
     dest = check_path(out)  # a name too long or a link loop: refused before anything is written
     _check_target(out, overwrite)
     base = model.get_base_model()
@@ -133,11 +135,12 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
     dtype = _as_dtype(dtype) or native
     if tolerance is None:
         tolerance = max(TOLERANCE[dtype], TOLERANCE_4BIT) if quantized else TOLERANCE[dtype]
-    tolerance = float(tolerance)
     merged_estimate = _merged_bytes(base, dtype)
     shard_bytes = _shard_bytes(max_shard_size, merged_estimate)
-    require(f"merge '{name}' into {dest}", disk=int(merged_estimate * 1.05), path=dest.parent,
-            ram=2 * min(shard_bytes, merged_estimate) + 256 * 2**20, error=MergeError)
+    if free_disk(dest.parent) < merged_estimate * 1.05:
+        raise disk_error(OSError(errno.ENOSPC, "checked before writing"), f"write the merged model to '{out}'",
+                         dest.parent, int(merged_estimate * 1.05), elsewhere="another out_dir", error=MergeWriteError)
+    require(f"merge '{name}' into {dest}", ram=2 * min(shard_bytes, merged_estimate) + 256 * 2**20, error=MergeError)
     how = _pick_check(verify, model, merged_estimate)
     probe = _probe_ids(model, tokenizer)
     ref = _adapter_logits(model, name, probe) if how == "logits" else None
@@ -243,6 +246,15 @@ def _not_written(out: Path) -> list[str]:
         elif not ours:
             extra.append(p.name)
     return extra
+
+
+def _check_tolerance(tolerance) -> float | None:
+    if tolerance is None:
+        return None
+    if not isinstance(tolerance, bool) and isinstance(tolerance, (int, float)) and tolerance >= 0:
+        return float(tolerance)  # NaN fails ">= 0"
+    raise AdapterError(f"tolerance={tolerance!r} ({type(tolerance).__name__}): expected a non-negative number, the "
+                       "largest max |Δlogits| to accept, e.g. tolerance=0.5 (or None for the dtype's default).")
 
 
 def _as_dtype(dtype):

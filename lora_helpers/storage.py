@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from .base import in_colab
 from .errors import AdapterError, AdapterFileError, AdapterNotFoundError, StorageError
 from .folders import (  # noqa: F401  (re-exported: merge and train write through storage)
     CONFIG_NAME, NO_SPACE, PICKLE_NAME, WEIGHTS_NAME, WRITTEN, as_os_error, check_ours, check_path, disk_error,
-    recover_folder, replace_folder, resolved, staging_folder, write_error,
+    recover_folder, replace_folder, resolved, staging_folder, user_path, write_error,
 )
 from .hub import find_token  # noqa: F401  (public: lh.find_token)
 from .names import check_name, require_loaded
@@ -119,7 +120,7 @@ def resolve_adapter(source) -> Path:
     elif isinstance(source, str) and source.startswith("hub:"):
         path = hub.download(source[len("hub:"):])
     else:
-        path = Path(source).expanduser()
+        path = user_path(source)
     if os.path.islink(path) and not os.path.exists(path):
         raise AdapterNotFoundError(f"'{path}' (from {str(source)!r}) is a symbolic link that leads nowhere: it points "
                                    "back into itself (a link loop) or at something missing. Fix or remove the link, "
@@ -307,7 +308,7 @@ def _write_local(model, name: str, target: Path, allow_pickle: bool, card: bool 
                 f.chmod(0o755 if f.is_dir() else 0o644)  # files in a private temp folder may be private too
             if not allow_pickle and any(p.suffix in PICKLE_SUFFIXES for p in out.rglob("*")):
                 raise AdapterFileError(f"Saving '{name}' produced pickle files; expected safetensors only.")
-            replace_folder(out, target, check_old=check_ours)
+            replace_folder(out, target, check_old=lambda old: _keep_readme(old, out))
     except AdapterError:
         raise
     except Exception as e:  # tokenizers/safetensors-style plain exceptions too: "No space left on device"
@@ -318,13 +319,22 @@ def _write_local(model, name: str, target: Path, allow_pickle: bool, card: bool 
     return target
 
 
+def _keep_readme(old: Path, new: Path) -> None:
+    """Before ``old`` (a folder :func:`check_ours` accepts) is replaced by ``new``: its README.md goes into the new
+    copy, since it may be the user's own notes (or the card an earlier save wrote)."""
+    check_ours(old)
+    readme = old / "README.md"
+    if readme.is_file() and not readme.is_symlink():
+        shutil.copy2(readme, new / "README.md")
+
+
 def save_adapter(model, name: str, where: str = "session", path_or_repo=None, private: bool = True,
                  token=None, allow_pickle: bool = False) -> str:
     """Save one loaded adapter; returns the folder (session, drive) or the repo id (hub).
 
     session/drive: ``path_or_repo`` is a subfolder of that place (default: ``name``); it must stay inside
     it (no links out), and an existing folder there is replaced, once the new copy is complete, only when
-    it holds an adapter saved by this package. hub: ``path_or_repo`` is 'owner/repo[/subfolder]' or 'repo'
+    it holds an adapter saved by this package; its README.md is kept. hub: ``path_or_repo`` is 'owner/repo[/subfolder]' or 'repo'
     (your namespace), default ``name``; the token comes from ``token``, HF_TOKEN or the Colab secret.
     Weights are safetensors; ``allow_pickle=True`` writes the legacy adapter_model.bin instead.
     """

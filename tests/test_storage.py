@@ -784,3 +784,43 @@ def test_adapter_size_is_one_definition_beside_trainable_tokens(beside_tokens, t
         expected = adapter_logits(m, name)
         folder = lh.save_adapter(m, name)
         loads_in_plain_peft(folder, tiny_tokenizer, expected)
+
+
+# ---------------------------------------------------------------- probe findings: the user's README, Ctrl-C in cleanup
+
+def test_saving_over_a_folder_keeps_the_users_readme(model, tiny_tokenizer):
+    folder = Path(lh.save_adapter(model, "json"))
+    (folder / "README.md").write_text("# My notes\nTrained on my tickets, 2026-12.\n", encoding="utf-8")
+    with torch.no_grad():
+        model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["json"].weight.add_(1.0)
+    assert lh.save_adapter(model, "json") == str(folder)
+    assert (folder / "README.md").read_text(encoding="utf-8") == "# My notes\nTrained on my tickets, 2026-12.\n"
+    loads_in_plain_peft(folder, tiny_tokenizer, adapter_logits(model, "json"))  # the new weights
+    assert copies() == ["json"]
+
+
+@pytest.mark.parametrize("times", [1, 2])
+def test_a_ctrl_c_while_the_staging_folder_is_removed_is_cleaned_up_later(model, monkeypatch, times):
+    """The staging folder is removed last; a Ctrl-C there (twice: also during the retry) leaves it behind, and the
+    next look at that folder removes it. A staging folder of another live process is left alone."""
+    lh.save_adapter(model, "json")
+    other = Path("adapters_session") / f".json.tmp-{os.getppid()}-abcdefgh"  # a save in progress elsewhere
+    other.mkdir()
+    with monkeypatch.context() as m:
+        real, hits = folders.shutil.rmtree, []
+
+        def interrupted(path, *a, **kw):
+            if ".tmp-" in str(path) and len(hits) < times:
+                hits.append(path)
+                raise KeyboardInterrupt
+            return real(path, *a, **kw)
+        m.setattr(folders.shutil, "rmtree", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            lh.save_adapter(model, "json")
+    left = sorted(p.name for p in Path("adapters_session").iterdir())
+    assert len(left) == (3 if times == 2 else 2), left  # json, the other save's folder (and ours when twice)
+    assert lh.resolve_adapter("session:json") == Path("adapters_session/json")
+    assert sorted(p.name for p in Path("adapters_session").iterdir()) == sorted(["json", other.name])
+    other.rmdir()
+    lh.save_adapter(model, "json")
+    assert sorted(p.name for p in Path("adapters_session").iterdir()) == ["json"]
