@@ -3,16 +3,13 @@
 * ``normalize``: lower case, ё → е, one space between words.
 * ``char_ngrams``: the character n-gram TF-IDF vectorizer (scikit-learn, ``analyzer="char_wb"``).
 * ``hidden_state_features``: mean-pooled hidden states of a causal LM (base weights, no adapter).
-* ``load_labelled``: the shipped JSONL data sets.
 """
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
 
-from .shipped import DATA_DIR  # the shipped labelled prompts
 from .modes import eval_mode
 from .names import PEFT_BASE
 
@@ -70,10 +67,3 @@ def hidden_state_features(model, tokenizer, texts: list[str], layer: int | None 
             m = mask.unsqueeze(-1).to(hidden.dtype)
             out.append(((hidden * m).sum(1) / m.sum(1)).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
-
-
-def load_labelled(name: str) -> list[dict]:
-    """Read ``lora_helpers/data/<name>.jsonl`` (e.g. ``"router_examples"``, ``"router_eval"``)."""
-    path = DATA_DIR / f"{name}.jsonl"
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
