@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from .base import is_quantized
 from .colab import GIB, free_disk, free_gpu, free_ram, require
 from .combine import _is_lora
-from .errors import AdapterError, AdapterExistsError, MergeError, StorageError
+from .errors import AdapterError, AdapterExistsError, AdapterNotFoundError, MergeError, StorageError
 from .folders import OS_LITTER, as_os_error, check_path, disk_error, replace_folder, staging_folder, user_path
 from .modes import eval_mode
 from .merged_weights import _dequantized, _tied_pairs, _write_config, write_merged
@@ -192,8 +192,8 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
 # ----------------------------------------------------------------------------- checks
 def _check_adapter(model, name) -> None:
     if not hasattr(model, "get_base_model") or not loaded_names(model):
-        raise AdapterError(f"The model ({type(model).__name__}) has no adapters loaded, so there is nothing to "
-                           "merge. Load them first: model = lh.load_adapters(model, {name: source}).")
+        raise AdapterNotFoundError(f"The model ({type(model).__name__}) has no adapters loaded, so there is nothing "
+                                   "to merge. Load them first: model = lh.load_adapters(model, {name: source}).")
     if name == BASE:
         raise AdapterError(f"{BASE!r} means no adapter: there is nothing to merge. Give an adapter name "
                            f"({', '.join(loaded_names(model))}).")

@@ -53,3 +53,15 @@ def test_an_unknown_name_is_one_lookup_error_everywhere(tiny_model, tiny_tokeniz
     assert isinstance(e.value, LookupError)
     assert list(model.peft_config) == ["json", "coding"] and lh.active_adapter(model) == "json"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("call", ["switch", "temporary_switch", "generate", "mixed batch", "combine", "save_adapter",
+                                  "merge_and_save"])
+def test_a_name_on_a_model_without_adapters_is_the_same_lookup_error(tiny_model, tiny_tokenizer, tmp_path,
+                                                                     monkeypatch, call):
+    from lora_helpers.errors import AdapterNotFoundError
+
+    monkeypatch.setenv("LORA_SESSION_DIR", str(tmp_path))
+    with pytest.raises(AdapterNotFoundError, match=r"(?s)no adapters loaded|loaded: none.*lh\.load_adapters"):
+        _calls(tiny_tokenizer, tmp_path)[call](tiny_model, "json")
+    assert not hasattr(tiny_model, "peft_config") and list(tmp_path.iterdir()) == []
