@@ -9,18 +9,8 @@ import torch
 from .errors import AdapterError, PromptError
 from .modes import eval_mode
 from .names import BASE, PEFT_BASE, loaded_names, require_loaded
+from .prompts import check_prompt
 from .switching import temporary_switch
-
-
-def check_prompt(text) -> str:
-    """Return ``text`` if it is a non-blank string, else raise PromptError (for generation and the routers)."""
-    if not isinstance(text, str):
-        raise PromptError(f"A prompt must be a str, got {type(text).__name__} ({text!r:.60}). Pass the prompt text, "
-                          "e.g. 'Верни JSON'.")
-    if not text.strip():
-        raise PromptError(f"The prompt is empty or only whitespace ({text!r:.20}): there is nothing to answer or "
-                          "route. Type a question or an instruction.")
-    return text
 
 
 def chat_text(tokenizer, prompt: str, system: str | None = None) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 from . import tables
 from ._textfeatures import char_ngrams, hidden_state_features, normalize
 from .errors import AdapterError
-from .generate import check_prompt
+from .prompts import check_prompt
 from .shipped import load_labelled
 
 # A keyword is a stem, matched at the start of a word, case-insensitively (ё = е), followed by

@@ -313,8 +313,8 @@ def test_route_and_generate_takes_a_plain_function(tiny_model, tiny_tokenizer):
 
 @pytest.mark.parametrize("bad", [None, 42, b"JSON", "", "   \n\t"])
 def test_routers_and_generate_check_a_prompt_alike(keyword, bad):
-    """One prompt check (generate.check_prompt) for the routers and generation: the same error, word for word."""
-    from lora_helpers.generate import check_prompt
+    """One prompt check (prompts.check_prompt) for the routers and generation: the same error, word for word."""
+    from lora_helpers.prompts import check_prompt
 
     with pytest.raises(lh.PromptError) as routed:
         keyword.route(bad)
