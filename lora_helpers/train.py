@@ -8,6 +8,7 @@ with bitsandbytes' CPU backend as in ``make test-4bit``).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import random
@@ -135,8 +136,11 @@ def _attach(model, name: str, config):
         return model
     with quiet_known_warnings():  # PEFT's calls of transformers' deprecated names: nothing a learner can change
         if is_quantized(model):  # QLoRA: fp32 norms, input grads, gradient checkpointing
+            # PEFT 0.22 renamed gradient_checkpointing_kwargs (the old name warns); 0.20-0.21 know only that one
+            kwarg = ("activation_checkpointing_kwargs" if "activation_checkpointing_kwargs" in
+                     inspect.signature(prepare_model_for_kbit_training).parameters else "gradient_checkpointing_kwargs")
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+                                                    **{kwarg: {"use_reentrant": False}})
         return get_peft_model(model, config, adapter_name=name)
 
 
