@@ -162,6 +162,8 @@ def loop_error(path) -> StorageError:
 def user_path(given) -> Path:
     """``Path(given).expanduser()``, or a StorageError for a path no file system can hold: a NUL character, a
     "~user" whose home folder is unknown, a name over ``NAME_MAX`` bytes."""
+    if not isinstance(given, (str, os.PathLike)):
+        raise StorageError(f"Expected a folder path (a str or a Path), got {type(given).__name__}: {given!r:.60}.")
     text = os.fspath(given)
     if "\0" in str(text):
         raise StorageError(f"The path {_short(str(text), 120)!r} contains a NUL character ('\\x00'), which no file "

@@ -574,3 +574,11 @@ def test_paths_that_cannot_name_a_folder_are_refused_clearly(two, tmp_path, monk
     with pytest.raises(lh.StorageError, match=words):
         lh.resolve_adapter(out)
     assert os.listdir(tmp_path) == []
+
+
+def test_an_out_dir_that_is_not_a_path_is_refused(two, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for bad in (None, 5, b"m"):
+        with pytest.raises(lh.StorageError, match="Expected a folder path"):
+            lh.merge_and_save(two, "json", bad)
+    assert os.listdir(tmp_path) == []
