@@ -3,16 +3,14 @@
 * ``normalize``: lower case, ё → е, one space between words.
 * ``char_ngrams``: the character n-gram TF-IDF vectorizer (scikit-learn, ``analyzer="char_wb"``).
 * ``hidden_state_features``: mean-pooled hidden states of a causal LM (base weights, no adapter).
-* ``load_labelled``: the shipped JSONL data sets.
 """
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
 
-from .shipped import DATA_DIR  # the shipped labelled prompts
+from .modes import eval_mode
 from .names import PEFT_BASE
 
 _SPACES = re.compile(r"\s+")
@@ -53,32 +51,19 @@ def hidden_state_features(model, tokenizer, texts: list[str], layer: int | None 
 
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] or [0] for t in texts]
     device = next(model.parameters()).device
-    modes = [(m, m.training) for m in model.modules()]   # eval mode: no dropout; PEFT needs it too
-    model.eval()
     out = []
-    try:
-        with torch.no_grad():
-            for s in range(0, len(ids), batch_size):
-                chunk = ids[s:s + batch_size]
-                width = max(map(len, chunk))
-                input_ids = torch.tensor([c + [c[-1]] * (width - len(c)) for c in chunk], device=device)
-                mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in chunk], device=device)
-                kwargs = dict(input_ids=input_ids, attention_mask=mask, output_hidden_states=True,
-                              logits_to_keep=1)
-                if isinstance(model, PeftModel):
-                    kwargs["adapter_names"] = [PEFT_BASE] * len(chunk)
-                states = model(**kwargs).hidden_states
-                hidden = states[round(0.8 * (len(states) - 1)) if layer is None else layer].float()
-                m = mask.unsqueeze(-1).to(hidden.dtype)
-                out.append(((hidden * m).sum(1) / m.sum(1)).cpu().numpy())
-    finally:
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model), torch.no_grad():  # eval mode: no dropout; PEFT's adapter_names needs it too
+        for s in range(0, len(ids), batch_size):
+            chunk = ids[s:s + batch_size]
+            width = max(map(len, chunk))
+            input_ids = torch.tensor([c + [c[-1]] * (width - len(c)) for c in chunk], device=device)
+            mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in chunk], device=device)
+            kwargs = dict(input_ids=input_ids, attention_mask=mask, output_hidden_states=True,
+                          logits_to_keep=1)
+            if isinstance(model, PeftModel):
+                kwargs["adapter_names"] = [PEFT_BASE] * len(chunk)
+            states = model(**kwargs).hidden_states
+            hidden = states[round(0.8 * (len(states) - 1)) if layer is None else layer].float()
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            out.append(((hidden * m).sum(1) / m.sum(1)).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
-
-
-def load_labelled(name: str) -> list[dict]:
-    """Read ``lora_helpers/data/<name>.jsonl`` (e.g. ``"router_examples"``, ``"router_eval"``)."""
-    path = DATA_DIR / f"{name}.jsonl"
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]

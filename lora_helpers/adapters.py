@@ -16,10 +16,11 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 
 from . import tables
-from .checks import PREFIX, base_weight_keys, check_agrees, check_compatible, check_keys, refuse_base_weights
+from .checks import (PREFIX, base_weight_keys, check_agrees, check_compatible, check_finite, check_keys,
+                     refuse_base_weights)
 from .errors import AdapterError, AdapterFileError
 from .names import BASE, check_name, require_new
-from .storage import inspect_adapter, resolve_adapter, tensor_bytes
+from .storage import adapter_weights, inspect_adapter, resolve_adapter, tensor_bytes
 from .switching import SwitchState, active_adapter, switch, untrained, warn_zero
 
 __all__ = ["active_adapter", "check_compatible", "list_adapters", "load_adapters", "switch"]
@@ -53,7 +54,7 @@ class _Snapshot:
         if self.peft is not None:
             self.cfgs = dict(model.peft_config)
             self.switch = SwitchState(model)
-            self.backups = {n: (self.cfgs[n], _weights(model, n)) for n in replaced}  # PEFT drops, we keep
+            self.backups = {n: (self.cfgs[n], adapter_weights(model, n)) for n in replaced}  # PEFT drops, we keep
             self.orphans = _layer_names(model) - set(self.cfgs)
 
     def restore(self):
@@ -86,7 +87,7 @@ class _Snapshot:
                         # while modules_to_save / trainable-token wrappers remain, so name it active first
                         p.base_model.set_adapter(n, inference_mode=True)
                     p.add_adapter(n, cfg)
-                    fresh = _weights(p, n)
+                    fresh = adapter_weights(p, n)
                     with torch.no_grad():
                         for k, t in saved.items():
                             fresh[k].copy_(t)
@@ -152,6 +153,7 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
         check_keys(files, name, loaded)
         check_compatible(model, files, name, check_base)
         check_agrees(model, files, name)
+        check_finite(files, name)
         foreign = base_weight_keys(files)
         if foreign and not allow_base_weights:
             refuse_base_weights(name, files, foreign)
@@ -187,33 +189,6 @@ def load_adapters(model_or_base, adapters: Mapping, replace: bool = False, *, ch
 # ---------------------------------------------------------------- list_adapters: what the model itself holds
 
 UNKNOWN = "неизвестно"
-
-
-def _weights(model, name: str | None = None) -> dict:
-    """{adapter: {tensor name: tensor}} as the model holds them (or one adapter's dict when ``name`` is given).
-
-    Read from each PEFT layer's ``adapter_layer_names``, in one walk. Not ``get_peft_model_state_dict``: in PEFT
-    0.21 the trainable-tokens wrapper breaks it for every adapter without trainable tokens beside one with them.
-    """
-    found, seen = {}, set()
-    for path, m in model.named_modules():
-        if not isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
-            continue
-        for attr in m.adapter_layer_names:
-            if "." in attr:  # a wrapper's view into its inner PEFT layer, which this walk visits anyway
-                continue
-            store = getattr(m, attr, None)
-            for adapter in (store.keys() if hasattr(store, "keys") else ()):
-                if name is not None and adapter != name:
-                    continue
-                item = store[adapter]
-                tensors = ([("", item)] if isinstance(item, torch.Tensor)
-                           else list(item.named_parameters()) if isinstance(item, torch.nn.Module) else [])
-                for sub, t in tensors:
-                    if id(t) not in seen:  # tied modules share tensors
-                        seen.add(id(t))
-                        found.setdefault(adapter, {})[".".join(x for x in (path, attr, sub) if x)] = t
-    return found.get(name, {}) if name is not None else found
 
 
 def _fingerprint(weights: dict) -> str | None:
@@ -270,7 +245,7 @@ def list_adapters(model) -> AdapterTable:
         return table
     table.running = active_adapter(model)
     running = table.running if isinstance(table.running, list) else [table.running]
-    held = _weights(model)
+    held = adapter_weights(model)
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
     for name, cfg in model.peft_config.items():
         weights = held.get(name, {})

@@ -1,7 +1,7 @@
 """An adapter file checked against a model before PEFT sees it: tensor shapes fit the base
 (``check_compatible``), no key names another adapter or PEFT's in-memory containers (``check_keys``), and the
-tensors are the ones adapter_config.json asks for (``check_agrees``). ``load_adapters`` runs all three first,
-so a bad file changes nothing."""
+tensors are the ones adapter_config.json asks for (``check_agrees``), and every number in them is finite
+(``check_finite``). ``load_adapters`` runs them all first, so a bad file changes nothing."""
 from __future__ import annotations
 
 import re
@@ -9,6 +9,7 @@ import re
 import torch
 from peft import LoraConfig, PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from peft.utils.other import AuxiliaryTrainingWrapper, get_pattern_key
 
 from .errors import AdapterFileError, BaseMismatchError
@@ -80,7 +81,7 @@ def check_compatible(model, files: AdapterFiles, name: str = "adapter", check_ba
     theirs, ours = files.config.get("base_model_name_or_path"), _base_name(base)
     bases = f"adapter {name!r} was trained on {theirs or 'an unnamed base'!r}, this model is {ours or 'unnamed'!r}"
     fix = f"Load it on its own base, or retrain it on this one (folder: '{files.folder}')."
-    targets = files.config.get("target_modules")
+    targets = _targets(files, name)
     if isinstance(targets, list):
         missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in modules)]
         if missing:
@@ -149,12 +150,36 @@ def check_keys(files: AdapterFiles, name: str, loaded=()) -> None:
         "again with save_pretrained or lh.save_adapter.")
 
 
-def _peft_config(files: AdapterFiles, name: str) -> LoraConfig:
+def _targets(files: AdapterFiles, name: str):
+    """adapter_config.json's target_modules when PEFT can read it (names, a regex, "all-linear", null)."""
+    targets = files.config.get("target_modules")
+    if not (targets is None or isinstance(targets, str)
+            or isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise AdapterFileError(f"Adapter {name!r}: '{files.folder}/adapter_config.json' has target_modules="
+                               f"{targets!r}; expected a list of module names (e.g. [\"q_proj\", \"v_proj\"]), a "
+                               "regular expression, \"all-linear\" or null. Save the adapter again, or fix "
+                               "adapter_config.json.")
+    return targets
+
+
+def _peft_config(files: AdapterFiles, name: str, base) -> LoraConfig:
+    """adapter_config.json as PEFT reads it; ``target_modules: null`` becomes PEFT's default for ``base``'s
+    architecture, as PEFT's own loading makes it."""
+    where = f"Adapter {name!r}: '{files.folder}/adapter_config.json'"
+    _targets(files, name)
     try:
-        return LoraConfig.from_pretrained(str(files.folder))
+        cfg = LoraConfig.from_pretrained(str(files.folder))
     except (TypeError, ValueError) as e:
-        raise AdapterFileError(f"Adapter {name!r}: '{files.folder}/adapter_config.json' is not a LoRA config PEFT "
-                               f"accepts ({type(e).__name__}: {e}). Save the adapter again.") from e
+        raise AdapterFileError(f"{where} is not a LoRA config PEFT accepts ({type(e).__name__}: {e}). "
+                               "Save the adapter again.") from e
+    if cfg.target_modules is None and not cfg.target_parameters:
+        kind = getattr(getattr(base, "config", None), "model_type", None)
+        default = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(kind)
+        if default is None:
+            raise AdapterFileError(f"{where} has target_modules null, and PEFT has no default LoRA targets for a "
+                                   f"{kind!r} model. Name the modules the weights are for in target_modules.")
+        cfg.target_modules = default if isinstance(default, str) else set(default)
+    return cfg
 
 
 def check_agrees(model, files: AdapterFiles, name: str) -> None:
@@ -162,15 +187,17 @@ def check_agrees(model, files: AdapterFiles, name: str) -> None:
     lora_A/lora_B pair (DoRA magnitudes, LoRA biases) for each module it targets in ``model``, of its rank, and
     none for modules it does not target. Otherwise PEFT loads it partly, with at most a warning.
     """
-    cfg = _peft_config(files, name)
     base = model.base_model.model if isinstance(model, PeftModel) else model
+    cfg = _peft_config(files, name, base)
+    null = " (target_modules is null: PEFT's default for this model)" if files.config.get("target_modules") is None \
+        else ""
     modules = _plain_modules(base)
     have = {key.removeprefix(PREFIX): shape for key, shape in files.shapes.items()
             if _split_key(key)[1] not in (None, "tokens")}
     where = f"Adapter {name!r} ('{files.folder}')"
     fix = "Save the adapter again with save_pretrained (or lh.save_adapter), or fix adapter_config.json to match."
     if isinstance(cfg.target_modules, str) and cfg.target_modules.lower() == "all-linear" or (
-            cfg.target_modules is None or cfg.target_parameters or cfg.layer_replication):
+            cfg.target_parameters or cfg.layer_replication):
         return  # PEFT expands these itself from the model; no key-by-key expectation to compare with
     want = {}
     for path, m in modules.items():
@@ -190,8 +217,8 @@ def check_agrees(model, files: AdapterFiles, name: str) -> None:
     dora = " (use_dora is true: each targeted module also needs its lora_magnitude_vector)" if any(
         k.endswith("lora_magnitude_vector") for k in missing) else ""
     if missing:
-        raise AdapterFileError(f"{where}: adapter_config.json targets modules the weights file has no tensors for: "
-                               f"{_shown(missing)} missing{dora}. PEFT would leave them as freshly initialised "
+        raise AdapterFileError(f"{where}: adapter_config.json targets modules{null} the weights file has no tensors "
+                               f"for: {_shown(missing)} missing{dora}. PEFT would leave them as freshly initialised "
                                f"LoRA weights. {fix}")
     if extra:
         why = ("DoRA magnitudes, but adapter_config.json has use_dora false" if all(
@@ -205,6 +232,27 @@ def check_agrees(model, files: AdapterFiles, name: str) -> None:
                 f"{where}: tensor '{key}' has rank {have[key][rank[1]]}, but adapter_config.json gives its module "
                 f"rank {rank[0]} (r={cfg.r}{f', rank_pattern={cfg.rank_pattern}' if cfg.rank_pattern else ''}). "
                 f"{fix}")
+
+
+def check_finite(files: AdapterFiles, name: str) -> None:
+    """Raise AdapterFileError when a tensor in the weights file holds NaN or an infinite value (a training run that
+    diverged, a broken conversion): such an adapter turns every reply into garbage. Reads each tensor once."""
+    bad = []
+    if files.weights.suffix == ".safetensors":
+        from safetensors import safe_open
+        with safe_open(str(files.weights), framework="pt") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    bad.append(key)
+    else:
+        state = torch.load(files.weights, map_location="cpu", weights_only=True)
+        bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise AdapterFileError(f"Adapter {name!r} ('{files.weights}'): tensor(s) {_shown(bad)} hold NaN or infinite "
+                               "values (not a number), so every reply with it would be garbage; it was not loaded. "
+                               "The training diverged or the file is damaged: retrain (e.g. with a lower learning "
+                               "rate) or save or download the adapter again.")
 
 
 def base_weight_keys(files: AdapterFiles) -> list[str]:

@@ -1,14 +1,10 @@
 """Combine loaded LoRA adapters into a new one, on PEFT's ``add_weighted_adapter``."""
 from __future__ import annotations
 
-from .errors import AdapterError, MergeError
-from .names import require_loaded, require_new
+from .errors import AdapterError, AdapterNotFoundError, MergeError
+from .names import loaded_names, require_loaded, require_new
 
 METHODS = ("linear", "ties", "dare_ties", "cat")
-
-
-def _loaded(model) -> list:
-    return sorted(getattr(model, "peft_config", {}) or {})
 
 
 def _is_lora(cfg) -> bool:
@@ -23,9 +19,9 @@ def combine_adapters(model, weights: dict, new_name: str, method: str = "linear"
     and resolve sign conflicts ("dare_ties" is random: seed first). The active adapter does not change:
     ``lh.switch(model, new_name)`` to use it.
     """
-    if not hasattr(model, "add_weighted_adapter") or not _loaded(model):
-        raise AdapterError("combine_adapters needs a PeftModel with LoRA adapters loaded: "
-                           "model = lh.load_adapters(model, {name: source}).")
+    if not hasattr(model, "add_weighted_adapter") or not loaded_names(model):
+        raise AdapterNotFoundError("combine_adapters needs a PeftModel with LoRA adapters loaded, and this model has "
+                                   "no adapters loaded: model = lh.load_adapters(model, {name: source}).")
     if not isinstance(weights, dict) or not weights:
         raise AdapterError(f"weights must be a non-empty dict {{adapter name: weight}}, got {weights!r}.")
     require_loaded(model, list(weights))

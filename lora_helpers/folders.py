@@ -26,9 +26,10 @@ PICKLE_NAME = "adapter_model.bin"
 WRITTEN = {CONFIG_NAME, WEIGHTS_NAME, PICKLE_NAME, "README.md"}  # what save_adapter puts in a folder
 OS_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini"}  # what file browsers add to a synced Drive folder
 NAME_MAX = 255  # bytes in one file or folder name on Linux, macOS and Windows file systems
-# the longest name a save puts beside its target: ".<name>.lora_helpers-old" (the staging ".<name>.tmp-XXXXXXXX"
-# is shorter), so a target name may use only what is left
-_BESIDE = len("..lora_helpers-old")
+# the longest name a save puts beside its target: the staging ".<name>.tmp-<pid>-XXXXXXXX" (a pid has at most 7
+# digits on Linux; the old copy ".<name>.lora_helpers-old" is shorter), so a target name may use only what is left
+_BESIDE = len("..tmp-1234567-XXXXXXXX")
+_IN_USE: set[str] = set()  # this process's staging folders while their save runs (real paths)
 
 
 def _old_copy(target: Path) -> Path:
@@ -42,6 +43,7 @@ def recover_folder(target) -> None:
     a leftover old copy is removed.
     """
     target = Path(target)
+    _remove_stale_stages(target)
     old = _old_copy(target)
     if not os.path.lexists(old):
         return
@@ -53,18 +55,52 @@ def recover_folder(target) -> None:
         old.unlink()
 
 
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would send Ctrl-C there: count every other process as alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_stages(target: Path) -> None:
+    """Remove staging folders of ``target`` that no save uses any more (a Ctrl-C while one was being removed):
+    this process's that are not in use, and those of processes that have ended."""
+    prefix = f".{target.name}.tmp-"
+    try:
+        entries = [e for e in os.scandir(target.parent) if e.name.startswith(prefix)]
+    except OSError:  # no parent folder yet, or not readable
+        return
+    for entry in entries:
+        pid = entry.name[len(prefix):].split("-")[0]
+        if not pid.isdigit() or os.path.realpath(entry.path) in _IN_USE:
+            continue  # an older release's name (its owner unknown), or a save running now
+        if int(pid) == os.getpid() or not _alive(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
 @contextmanager
 def staging_folder(target):
     """A new empty folder beside ``target`` (same file system, so :func:`replace_folder` is a rename),
-    removed on exit whatever happens."""
+    removed on exit whatever happens (what a Ctrl-C keeps, :func:`recover_folder` removes later)."""
     target = Path(target)
     check_path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    _IN_USE.add(os.path.realpath(stage))
     try:
         yield stage
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        _IN_USE.discard(os.path.realpath(stage))
+        try:
+            shutil.rmtree(stage, ignore_errors=True)
+        except BaseException:  # a Ctrl-C while removing it: finish, then let the interrupt through
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
 
 
 def replace_folder(src, target, *, check_old=None) -> Path:
@@ -123,11 +159,36 @@ def loop_error(path) -> StorageError:
                         "(ls -l shows where it points), or choose another folder.")
 
 
+def user_path(given) -> Path:
+    """``Path(given).expanduser()``, or a StorageError for a path no file system can hold: a NUL character, a
+    "~user" whose home folder is unknown, a name over ``NAME_MAX`` bytes."""
+    if not isinstance(given, (str, os.PathLike)):
+        raise StorageError(f"Expected a folder path (a str or a Path), got {type(given).__name__}: {given!r:.60}.")
+    text = os.fspath(given)
+    if "\0" in str(text):
+        raise StorageError(f"The path {_short(str(text), 120)!r} contains a NUL character ('\\x00'), which no file "
+                           "system allows in a name. Remove it from the path; nothing was read or written.")
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # "Could not determine home directory."
+        user = Path(text).parts[0][1:]
+        raise StorageError(f"The path {_short(str(text), 120)!r} starts with '~{user}', but the home folder of "
+                           f"{user!r} is unknown (no such user here). Write the full path, or '~/...' for your own "
+                           "home folder; nothing was read or written.") from None
+    for part in path.parts:
+        n = len(os.fsencode(part))
+        if n > NAME_MAX:
+            raise StorageError(f"The name '{_short(part)}' in '{_short(str(path), 120)}' is too long: {n} bytes, where "
+                               f"the file system allows at most {NAME_MAX} per name. Choose a shorter name; nothing "
+                               "was read or written.")
+    return path
+
+
 def check_path(target) -> Path:
-    """Refuse (StorageError) a ``target`` the file system cannot hold: a name over ``NAME_MAX`` bytes (the
-    target's own name leaves room for the temp and old-copy names a save puts beside it), or a path through
-    a symbolic-link loop. Nothing is written; returns ``target.resolve()``."""
-    target = Path(target)
+    """Refuse (StorageError) a ``target`` the file system cannot hold: what :func:`user_path` refuses, a saved
+    folder's name too long to leave room for the temp and old-copy names a save puts beside it, or a path
+    through a symbolic-link loop. Nothing is written; returns ``target.resolve()``."""
+    target = user_path(target)
     for part in target.parts:
         n = len(os.fsencode(part))
         limit = NAME_MAX - _BESIDE if part == target.name else NAME_MAX
@@ -168,11 +229,17 @@ def path_too_long(path) -> StorageError:
 NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # a full disk, or a full quota
 
 
-def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+def size_text(n: int) -> str:
+    """``n`` bytes in a unit that shows its size: "900 bytes", "12 KiB", "3.4 MiB", "1.25 GiB"."""
+    if n < 2**10:
+        return f"{n} bytes"
+    if n < 2**20:
+        return f"{n / 2**10:.0f} KiB"
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
-_WRITE_ERRNOS = (*NO_SPACE, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP, errno.EIO)
+_WRITE_ERRNOS = (*NO_SPACE, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP, errno.EIO,
+                 errno.EFBIG)
 
 
 def as_os_error(e: BaseException) -> OSError | None:
@@ -206,9 +273,9 @@ def disk_error(e: OSError, what: str, where: Path, needed: int | None = None, *,
     a name too long, a link loop, or anything else; ``elsewhere`` says how to save somewhere else."""
     place = _existing(where)
     if e.errno in NO_SPACE:
-        need = f"about {_size(needed)}" if needed else "more space"
+        need = f"about {size_text(needed)}" if needed else "more space"
         try:
-            free = f", {_size(shutil.disk_usage(place).free)} are free"
+            free = f", {size_text(shutil.disk_usage(place).free)} are free"
         except OSError:
             free = ""
         return error(f"Not enough disk space to {what}: it needs {need} in '{place}'{free}. Free some space or "
@@ -219,6 +286,10 @@ def disk_error(e: OSError, what: str, where: Path, needed: int | None = None, *,
     if e.errno == errno.ENAMETOOLONG:
         return error(f"Cannot {what}: a file or folder name there is too long for the file system (at most "
                      f"{NAME_MAX} bytes per name). Choose a shorter name ({elsewhere}); nothing was written.")
+    if e.errno == errno.EFBIG:
+        return error(f"Cannot {what}: a file is too large for the file system at '{place}' (FAT32 drives take at most "
+                     "4 GiB per file, and 'ulimit -f' can set a lower limit). Write smaller files (merge_and_save: "
+                     f"max_shard_size='1GB') or save elsewhere ({elsewhere}); any previous copy there is untouched.")
     if e.errno == errno.ELOOP:
         return error(f"Cannot {what}: the path leads through a symbolic link that points back into itself (a link "
                      f"loop). Fix or remove that link, or save elsewhere ({elsewhere}); nothing was written.")

@@ -3,22 +3,14 @@ from __future__ import annotations
 
 import operator
 import warnings
-from contextlib import contextmanager
 
 import torch
 
 from .errors import AdapterError, PromptError
-from .names import BASE, PEFT_BASE
+from .modes import eval_mode
+from .names import BASE, PEFT_BASE, loaded_names, require_loaded
+from .prompts import check_prompt
 from .switching import temporary_switch
-
-
-def check_prompt(text) -> str:
-    """Return ``text`` if it is a non-blank string, else raise PromptError."""
-    if not isinstance(text, str):
-        raise PromptError(f"A prompt must be a string, got {type(text).__name__}: {text!r}.")
-    if not text.strip():
-        raise PromptError("The prompt is empty or only whitespace: type a question or an instruction.")
-    return text
 
 
 def chat_text(tokenizer, prompt: str, system: str | None = None) -> str:
@@ -69,7 +61,7 @@ def generate(model, tokenizer, prompt_or_prompts, adapter=None, max_new_tokens: 
         if len(names) == 1:
             adapter = adapter[0]
         else:
-            _require_adapters(model, names)
+            require_loaded(model, adapter, allow_base=True)
             options["adapter_names"] = [PEFT_BASE if a == BASE else a for a in adapter]
             # adapter_names needs the LoRA layers enabled: in "base" mode activate any named one meanwhile
             adapter = next(a for a in adapter if a != BASE)
@@ -118,31 +110,6 @@ def _left_padded(tokenizer, texts, pad: int, device) -> dict:
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
-@contextmanager
-def eval_mode(model):
-    """``with eval_mode(model):`` the model runs in eval mode inside the block; on leaving (also on an error)
-    each module's own training flag is put back with ``Module.train``."""
-    modes = [(m, m.training) for m in model.modules()]
-    if not any(flag for _, flag in modes):
-        yield
-        return
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in modes:  # parents before children: a parent's train() resets them, then they are fixed
-            if m.training != flag:
-                m.train(flag)
-
-
-def _require_adapters(model, names) -> None:
-    loaded = set(getattr(model, "peft_config", {}) or {})
-    missing = sorted(n for n in names if n != BASE and n not in loaded)
-    if missing:
-        raise AdapterError(f"Adapter(s) {missing} are not loaded; loaded: {sorted(loaded) or 'none'}. "
-                           "Load them with lh.load_adapters(model, {name: source}).")
-
-
 def _refuse_peft_base(names) -> None:
     if PEFT_BASE in names:
         raise AdapterError(f"adapter= names {PEFT_BASE!r}, which PEFT reserves for 'no adapter' in a mixed batch, "
@@ -164,7 +131,7 @@ def route_and_generate(model, tokenizer, prompts, router, max_new_tokens: int = 
     check_max_new_tokens(max_new_tokens)
     single = isinstance(prompts, str)
     prompts = [prompts] if single else list(prompts)
-    loaded = set(getattr(model, "peft_config", {}) or {})
+    loaded = loaded_names(model)
     routes = []
     for p in prompts:
         name = router.route(check_prompt(p))

@@ -8,6 +8,7 @@ shard, so the extra memory is about one shard. Every adapter stays loaded, unmer
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import gc
 import json
@@ -20,12 +21,13 @@ import torch
 from safetensors import SafetensorError
 
 from .base import is_quantized
-from .colab import GIB, free_gpu, free_ram, require
-from .combine import _is_lora, _loaded
+from .colab import GIB, free_disk, free_gpu, free_ram, require
+from .combine import _is_lora
 from .errors import AdapterError, AdapterExistsError, AdapterNotFoundError, MergeError, StorageError
-from .folders import OS_LITTER, as_os_error, check_path, disk_error, replace_folder, staging_folder
+from .folders import OS_LITTER, as_os_error, check_path, disk_error, replace_folder, staging_folder, user_path
+from .modes import eval_mode
 from .merged_weights import _dequantized, _tied_pairs, _write_config, write_merged
-from .names import BASE
+from .names import BASE, loaded_names, require_loaded
 from .storage import adapter_bytes
 
 REPORT_NAME = "merge_report.json"
@@ -123,7 +125,8 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
     _check_adapter(model, name)
     if verify not in VERIFY:
         raise AdapterError(f"verify={verify!r}: use True/'auto', 'logits', 'tensors' or False.")
-    out = Path(out_dir).expanduser()
+    tolerance = _check_tolerance(tolerance)
+    out = user_path(out_dir)
     dest = check_path(out)  # a name too long or a link loop: refused before anything is written
     _check_target(out, overwrite)
     base = model.get_base_model()
@@ -132,11 +135,12 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
     dtype = _as_dtype(dtype) or native
     if tolerance is None:
         tolerance = max(TOLERANCE[dtype], TOLERANCE_4BIT) if quantized else TOLERANCE[dtype]
-    tolerance = float(tolerance)
     merged_estimate = _merged_bytes(base, dtype)
     shard_bytes = _shard_bytes(max_shard_size, merged_estimate)
-    require(f"merge '{name}' into {dest}", disk=int(merged_estimate * 1.05), path=dest.parent,
-            ram=2 * min(shard_bytes, merged_estimate) + 256 * 2**20, error=MergeError)
+    if free_disk(dest.parent) < merged_estimate * 1.05:
+        raise disk_error(OSError(errno.ENOSPC, "checked before writing"), f"write the merged model to '{out}'",
+                         dest.parent, int(merged_estimate * 1.05), elsewhere="another out_dir", error=MergeWriteError)
+    require(f"merge '{name}' into {dest}", ram=2 * min(shard_bytes, merged_estimate) + 256 * 2**20, error=MergeError)
     how = _pick_check(verify, model, merged_estimate)
     probe = _probe_ids(model, tokenizer)
     ref = _adapter_logits(model, name, probe) if how == "logits" else None
@@ -187,14 +191,13 @@ def merge_and_save(model, name: str, out_dir, tokenizer=None, dtype=None, verify
 
 # ----------------------------------------------------------------------------- checks
 def _check_adapter(model, name) -> None:
-    if not hasattr(model, "get_base_model") or not _loaded(model):
-        raise AdapterError(f"The model ({type(model).__name__}) has no adapters loaded, so there is nothing to "
-                           "merge. Load them first: model = lh.load_adapters(model, {name: source}).")
+    if not hasattr(model, "get_base_model") or not loaded_names(model):
+        raise AdapterNotFoundError(f"The model ({type(model).__name__}) has no adapters loaded, so there is nothing "
+                                   "to merge. Load them first: model = lh.load_adapters(model, {name: source}).")
     if name == BASE:
         raise AdapterError(f"{BASE!r} means no adapter: there is nothing to merge. Give an adapter name "
-                           f"({', '.join(_loaded(model))}).")
-    if name not in model.peft_config:
-        raise AdapterNotFoundError(f"No adapter named {name!r} is loaded; loaded: {', '.join(_loaded(model))}.")
+                           f"({', '.join(loaded_names(model))}).")
+    require_loaded(model, name)
     if not _is_lora(model.peft_config[name]):
         raise AdapterError(f"'{name}' is a {model.peft_config[name].peft_type} adapter; only LoRA adapters merge here.")
     if any(getattr(m, "merged", False) for m in _lora_layers(model.get_base_model()).values()):
@@ -243,6 +246,15 @@ def _not_written(out: Path) -> list[str]:
         elif not ours:
             extra.append(p.name)
     return extra
+
+
+def _check_tolerance(tolerance) -> float | None:
+    if tolerance is None:
+        return None
+    if not isinstance(tolerance, bool) and isinstance(tolerance, (int, float)) and tolerance >= 0:
+        return float(tolerance)  # NaN fails ">= 0"
+    raise AdapterError(f"tolerance={tolerance!r} ({type(tolerance).__name__}): expected a non-negative number, the "
+                       "largest max |Δlogits| to accept, e.g. tolerance=0.5 (or None for the dtype's default).")
 
 
 def _as_dtype(dtype):
@@ -317,13 +329,8 @@ def _adapter_logits(model, name, ids) -> torch.Tensor:
     """Logits of the unmerged adapter: a temporary switch, restored afterwards (eval mode meanwhile)."""
     from .switching import temporary_switch
 
-    training = model.training
-    model.eval()
-    try:
-        with temporary_switch(model, name):
-            return model(input_ids=ids.to(model.device)).logits.float().cpu()
-    finally:
-        model.train(training)
+    with eval_mode(model), temporary_switch(model, name):
+        return model(input_ids=ids.to(model.device)).logits.float().cpu()
 
 
 @torch.inference_mode()

@@ -23,8 +23,10 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from . import tables
-from ._textfeatures import char_ngrams, hidden_state_features, load_labelled, normalize
-from .errors import AdapterError, PromptError
+from ._textfeatures import char_ngrams, hidden_state_features, normalize
+from .errors import AdapterError
+from .prompts import check_prompt
+from .shipped import load_labelled
 
 # A keyword is a stem, matched at the start of a word, case-insensitively (ё = е), followed by
 # nothing or one inflectional ending: Russian case/number endings for Cyrillic stems
@@ -58,16 +60,6 @@ def _keyword_pattern(keyword: str) -> re.Pattern:
     return re.compile(rf"(?<!\w){body}{tail}(?!\w)")
 
 
-def _check_text(text) -> str:
-    if not isinstance(text, str):
-        raise PromptError(f"A router needs the prompt as a str, got {type(text).__name__} ({text!r:.60}). "
-                          "Pass the prompt text, e.g. router.route('Верни JSON').")
-    if not text.strip():
-        raise PromptError(f"The prompt is empty or only whitespace ({text!r:.20}); there is nothing to "
-                          "route. Pass the user's non-empty prompt text.")
-    return text
-
-
 def _pairs(labelled) -> list[tuple[str, str]]:
     """(text, route) pairs from ``{route: [texts]}`` (or ``{route: text}``), dicts with "text"/"route", or
     (text, route) tuples."""
@@ -88,7 +80,7 @@ class FunctionRouter:
 
     def route(self, text: str) -> str:
         """The function's route name for ``text`` (checked to be a non-empty str)."""
-        name = self.fn(_check_text(text))
+        name = self.fn(check_prompt(text))
         if not isinstance(name, str) or not name:
             raise AdapterError(f"The router function {self.name!r} returned {name!r} for {text!r:.40}; "
                                "expected the name of an adapter (a non-empty str), e.g. 'json' or 'base'.")
@@ -161,7 +153,7 @@ class KeywordRouter(_Router):
 
     def matches(self, text: str) -> dict[str, list[tuple[str, str]]]:
         """``{route: [(keyword, the word it matched), ...]}`` for every route with a match."""
-        norm = normalize(_check_text(text))
+        norm = normalize(check_prompt(text))
         found = {}
         for route, pats in self._patterns.items():
             hits = [(k, m.group(0)) for k, p in pats if (m := p.search(norm))]
@@ -209,7 +201,7 @@ class SemanticRouter(_Router):
                                f"only); got model={type(model).__name__}, "
                                f"tokenizer={type(tokenizer).__name__}.")
         pairs = _pairs(load_labelled("router_examples") if examples is None else examples)
-        texts = [_check_text(t) for t, _ in pairs]
+        texts = [check_prompt(t) for t, _ in pairs]
         self.classes = list(dict.fromkeys(r for _, r in pairs))
         if len(self.classes) < 2:
             raise AdapterError(f"SemanticRouter needs examples for at least two routes, got {self.classes}.")
@@ -246,7 +238,7 @@ class SemanticRouter(_Router):
 
     def scores(self, text: str) -> dict[str, float]:
         """``{route: probability}`` from the classifier (sums to 1; no fallback applied)."""
-        p = self.clf.predict_proba(self._features([_check_text(text)]))[0]
+        p = self.clf.predict_proba(self._features([check_prompt(text)]))[0]
         return {r: float(v) for r, v in zip(self.classes, p)}
 
     def _decide(self, text: str) -> tuple[str, str]:

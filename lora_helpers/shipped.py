@@ -39,6 +39,10 @@ def data_file(behaviour: str, split: str = "train") -> Path:
 
 def load_examples(behaviour: str, split: str = "train") -> list[dict]:
     """The rows of one data file as dicts (``prompt`` and ``reply`` for train, ``prompt`` [+ ``expect``] held out)."""
-    path = data_file(behaviour, split)
-    with open(path, encoding="utf-8") as f:
+    return load_labelled(data_file(behaviour, split).stem)
+
+
+def load_labelled(name: str) -> list[dict]:
+    """The rows of ``lora_helpers/data/<name>.jsonl`` as dicts (e.g. ``"router_examples"``, ``"json_train"``)."""
+    with open(DATA_DIR / f"{name}.jsonl", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from . import hub
 from .notebook_setup import in_colab
 from .errors import AdapterError, AdapterFileError, AdapterNotFoundError, StorageError
 from .folders import (  # noqa: F401  (re-exported: merge and train write through storage)
     CONFIG_NAME, NO_SPACE, PICKLE_NAME, WEIGHTS_NAME, WRITTEN, as_os_error, check_ours, check_path, disk_error,
-    recover_folder, replace_folder, resolved, staging_folder, write_error,
+    recover_folder, replace_folder, resolved, staging_folder, user_path, write_error,
 )
 from .hub import find_token  # noqa: F401  (public: lh.find_token)
-from .names import check_name
+from .names import check_name, require_loaded
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 COLAB_SESSION_DIR = "/content/adapters"
@@ -117,7 +120,7 @@ def resolve_adapter(source) -> Path:
     elif isinstance(source, str) and source.startswith("hub:"):
         path = hub.download(source[len("hub:"):])
     else:
-        path = Path(source).expanduser()
+        path = user_path(source)
     if os.path.islink(path) and not os.path.exists(path):
         raise AdapterNotFoundError(f"'{path}' (from {str(source)!r}) is a symbolic link that leads nowhere: it points "
                                    "back into itself (a link loop) or at something missing. Fix or remove the link, "
@@ -203,17 +206,87 @@ def tensor_bytes(weights: dict) -> int:
     return sum(t.numel() * t.element_size() for t in weights.values())
 
 
+def adapter_weights(model, name: str | None = None) -> dict:
+    """{adapter: {tensor name: tensor}} as the model holds them (or one adapter's dict when ``name`` is given).
+
+    Read from each PEFT layer's and wrapper's ``adapter_layer_names``, in one walk. Not PEFT's
+    ``get_peft_model_state_dict``: beside a trainable-tokens adapter it raises KeyError for every other adapter
+    (PEFT 0.20-0.22; see :func:`_saved_state`).
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    found, seen = {}, set()
+    for path, m in model.named_modules():
+        if not isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+            continue
+        for attr in m.adapter_layer_names:
+            if "." in attr:  # a wrapper's view into its inner PEFT layer, which this walk visits anyway
+                continue
+            store = getattr(m, attr, None)
+            for adapter in (store.keys() if hasattr(store, "keys") else ()):
+                if name is not None and adapter != name:
+                    continue
+                item = store[adapter]
+                tensors = ([("", item)] if isinstance(item, torch.Tensor)
+                           else list(item.named_parameters()) if isinstance(item, torch.nn.Module) else [])
+                for sub, t in tensors:
+                    if id(t) not in seen:  # tied modules share tensors
+                        seen.add(id(t))
+                        found.setdefault(adapter, {})[".".join(x for x in (path, attr, sub) if x)] = t
+    return found.get(name, {}) if name is not None else found
+
+
 def adapter_bytes(model, name: str) -> int:
-    """Bytes of adapter ``name``'s weights as PEFT saves them (its state dict, without embedding layers)."""
+    """Bytes of adapter ``name``'s weights as the model holds them (what ``list_adapters`` shows)."""
+    return tensor_bytes(adapter_weights(model, name))
+
+
+def _saved_state(model, name: str) -> dict:
+    """PEFT's own state dict of adapter ``name`` (``get_peft_model_state_dict``), also beside a trainable-tokens
+    adapter: there each tokens wrapper looks up its delta under ``name`` too and raises KeyError (PEFT 0.20-0.22).
+    A wrapper that holds no ``name`` adds nothing to it, so it gets a placeholder that is dropped again."""
     from peft import get_peft_model_state_dict
-    return tensor_bytes(get_peft_model_state_dict(model, adapter_name=name, save_embedding_layers=False))
+    from peft.utils.other import TrainableTokensWrapper
+
+    state, placeholder = model.state_dict(), torch.empty(0)
+    for path, m in model.named_modules():
+        if isinstance(m, TrainableTokensWrapper) and name not in m.token_adapter.trainable_tokens_delta:
+            state[f"{path}.token_adapter.trainable_tokens_delta.{name}"] = placeholder
+    saved = get_peft_model_state_dict(model, state_dict=state, adapter_name=name, save_embedding_layers=False)
+    return {k: v for k, v in saved.items() if v is not placeholder}
 
 
-def _needed(model, name: str) -> int | None:
+def _save_peft_folder(model, name: str, stage: Path, allow_pickle: bool) -> Path:
+    """``model.save_pretrained`` of adapter ``name`` into ``stage``; returns the folder PEFT wrote it to.
+
+    Where PEFT's own call fails beside a trainable-tokens adapter (KeyError), the same files are written from
+    :func:`_saved_state`: the weights, and the config as PEFT saves it (inference mode, the base's name)."""
+    out = stage if name == "default" else stage / name  # PEFT's layout: other names in a subfolder
     try:
-        return adapter_bytes(model, name)
-    except Exception:  # only for a message
-        return None
+        # save_embedding_layers=False: LoRA weights only (the "auto" check would query the Hub)
+        model.save_pretrained(str(stage), selected_adapters=[name], safe_serialization=not allow_pickle,
+                              save_embedding_layers=False)
+        return out
+    except KeyError:
+        from peft.utils.other import TrainableTokensWrapper
+        if not any(isinstance(m, TrainableTokensWrapper) for m in model.modules()):
+            raise
+    import copy
+
+    weights = {k: v.detach().clone().contiguous() for k, v in _saved_state(model, name).items()}
+    out.mkdir(parents=True, exist_ok=True)
+    if allow_pickle:
+        torch.save(weights, out / PICKLE_NAME)
+    else:
+        from safetensors.torch import save_file
+        save_file(weights, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    config = copy.deepcopy(model.peft_config[name])
+    config.inference_mode = True
+    config.base_model_name_or_path = (config.base_model_name_or_path
+                                      or getattr(model.get_base_model(), "name_or_path", None) or None)
+    config.save_pretrained(str(out))
+    return out
 
 
 def _write_local(model, name: str, target: Path, allow_pickle: bool, card: bool = True) -> Path:
@@ -227,10 +300,7 @@ def _write_local(model, name: str, target: Path, allow_pickle: bool, card: bool 
     what = f"save adapter '{name}' to '{target}'"
     try:
         with staging_folder(target) as stage:
-            # save_embedding_layers=False: LoRA weights only (the "auto" check would query the Hub)
-            model.save_pretrained(str(stage), selected_adapters=[name], safe_serialization=not allow_pickle,
-                                  save_embedding_layers=False)
-            out = stage if name == "default" else stage / name  # PEFT's layout: other names in a subfolder
+            out = _save_peft_folder(model, name, stage, allow_pickle)
             inspect_adapter(out, allow_pickle=allow_pickle)
             if not card:
                 (out / "README.md").unlink(missing_ok=True)
@@ -238,15 +308,24 @@ def _write_local(model, name: str, target: Path, allow_pickle: bool, card: bool 
                 f.chmod(0o755 if f.is_dir() else 0o644)  # files in a private temp folder may be private too
             if not allow_pickle and any(p.suffix in PICKLE_SUFFIXES for p in out.rglob("*")):
                 raise AdapterFileError(f"Saving '{name}' produced pickle files; expected safetensors only.")
-            replace_folder(out, target, check_old=check_ours)
+            replace_folder(out, target, check_old=lambda old: _keep_readme(old, out))
     except AdapterError:
         raise
     except Exception as e:  # tokenizers/safetensors-style plain exceptions too: "No space left on device"
         failed = as_os_error(e)
         if failed is None:
             raise write_error(e, what) from e
-        raise disk_error(failed, what, target.parent, _needed(model, name) if failed.errno in NO_SPACE else None) from e
+        raise disk_error(failed, what, target.parent, adapter_bytes(model, name) if failed.errno in NO_SPACE else None) from e
     return target
+
+
+def _keep_readme(old: Path, new: Path) -> None:
+    """Before ``old`` (a folder :func:`check_ours` accepts) is replaced by ``new``: its README.md goes into the new
+    copy, since it may be the user's own notes (or the card an earlier save wrote)."""
+    check_ours(old)
+    readme = old / "README.md"
+    if readme.is_file() and not readme.is_symlink():
+        shutil.copy2(readme, new / "README.md")
 
 
 def save_adapter(model, name: str, where: str = "session", path_or_repo=None, private: bool = True,
@@ -255,14 +334,11 @@ def save_adapter(model, name: str, where: str = "session", path_or_repo=None, pr
 
     session/drive: ``path_or_repo`` is a subfolder of that place (default: ``name``); it must stay inside
     it (no links out), and an existing folder there is replaced, once the new copy is complete, only when
-    it holds an adapter saved by this package. hub: ``path_or_repo`` is 'owner/repo[/subfolder]' or 'repo'
+    it holds an adapter saved by this package; its README.md is kept. hub: ``path_or_repo`` is 'owner/repo[/subfolder]' or 'repo'
     (your namespace), default ``name``; the token comes from ``token``, HF_TOKEN or the Colab secret.
     Weights are safetensors; ``allow_pickle=True`` writes the legacy adapter_model.bin instead.
     """
-    loaded = list(getattr(model, "peft_config", {}) or {})
-    if name not in loaded:
-        raise AdapterNotFoundError(f"No adapter named {name!r} is loaded (loaded: {loaded or 'none'}). "
-                                   "Load it with lh.load_adapters(model, {name: source}) first.")
+    require_loaded(model, name)
     check_name(name, "a saved adapter")
     if where not in WHERE:
         raise AdapterError(f"where={where!r} is not a storage place; expected one of {', '.join(WHERE)}.")

@@ -23,7 +23,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 
 from .errors import AdapterError, AdapterNotFoundError, UntrainedAdapterWarning
-from .names import BASE
+from .names import BASE, require_loaded
 
 _ADAPTER_MODULES = (BaseTunerLayer, AuxiliaryTrainingWrapper)  # what PEFT's own enable/disable walk reaches
 
@@ -50,11 +50,6 @@ def adapters_disabled(model) -> bool:
     return any(m.disable_adapters for m in _adapter_modules(model))
 
 
-def _not_loaded(model, name) -> AdapterNotFoundError:
-    return AdapterNotFoundError(f"No adapter named {name!r} is loaded; loaded: {', '.join(model.peft_config)} "
-                                "(or 'base' for none). Check the spelling or load it with lh.load_adapters.")
-
-
 def _no_adapters(name) -> AdapterNotFoundError:
     return AdapterNotFoundError(f"Cannot switch to {name!r}: the model has no adapters loaded. "
                                 "Load them first: model = lh.load_adapters(model, {name: source}).")
@@ -66,9 +61,7 @@ def _targets(model, name) -> list[str]:
     names = list(dict.fromkeys(names)) if all(isinstance(n, str) for n in names) else names  # drop repeats
     if names == [BASE]:
         return []
-    if not names or any(not isinstance(n, str) or n not in model.peft_config for n in names):
-        raise _not_loaded(model, name)
-    return names
+    return require_loaded(model, names or [name], allow_base=len(names) == 1)
 
 
 def _enable(model) -> None:

@@ -8,6 +8,7 @@ with bitsandbytes' CPU backend as in ``make test-4bit``).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import random
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from .base import is_quantized
 from .errors import AdapterError, PromptError
 from .generate import chat_text, pad_id
+from .modes import eval_mode, kept_modes
 from .names import require_new
 from .notebook_setup import quiet_known_warnings
 from .switching import switch
@@ -95,18 +97,16 @@ def batch_loss(model, batch: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def reply_loss(model, tokenizer, examples, batch_size: int = 8, max_length: int = 384) -> float:
-    """Mean reply-token loss of ``model`` on ``examples`` (eval mode; nothing is trained)."""
-    was_training = model.training
-    model.eval()
+    """Mean reply-token loss of ``model`` on ``examples`` (eval mode meanwhile; nothing is trained)."""
     rows = [encode_example(tokenizer, *_pair(e), max_length=max_length) for e in examples]
     pad = pad_id(tokenizer)
     total, count = 0.0, 0
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
-        n = sum(sum(t != IGNORE for t in y) for _, y in chunk)
-        total += float(batch_loss(model, collate(chunk, pad))) * n
-        count += n
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i:i + batch_size]
+            n = sum(sum(t != IGNORE for t in y) for _, y in chunk)
+            total += float(batch_loss(model, collate(chunk, pad))) * n
+            count += n
     return total / max(count, 1)
 
 
@@ -137,15 +137,21 @@ def _attach(model, name: str, config):
         return model
     with quiet_known_warnings():  # PEFT's calls of transformers' deprecated names: nothing a learner can change
         if is_quantized(model):  # QLoRA: fp32 norms, input grads, gradient checkpointing
+            # PEFT 0.22 renamed gradient_checkpointing_kwargs (the old name warns); 0.20-0.21 know only that one
+            kwarg = ("activation_checkpointing_kwargs" if "activation_checkpointing_kwargs" in
+                     inspect.signature(prepare_model_for_kbit_training).parameters else "gradient_checkpointing_kwargs")
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+                                                    **{kwarg: {"use_reentrant": False}})
         return get_peft_model(model, config, adapter_name=name)
 
 
 def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int = 16, target_modules=None,
                   steps: int = 40, lr: float = 2e-3, batch_size: int = 8, seed: int = 0, max_length: int = 384,
                   dropout: float = 0.05, warmup: int | None = None, progress: bool = True):
-    """Train a new LoRA adapter ``name`` on ``examples`` and return the PeftModel, in eval mode, with it active.
+    """Train a new LoRA adapter ``name`` on ``examples`` and return the PeftModel with it active.
+
+    Afterwards each module's train/eval flag and each parameter's ``requires_grad`` are as they were (also after
+    an error); the new adapter's layers take the flag of the module they sit in, and its weights are frozen.
 
     ``examples``: dicts with ``prompt`` and ``reply`` (or (prompt, reply) pairs), or a demo behaviour name
     ("json", "coding", "support") for the shipped training data. ``model``: a plain base (it gets
@@ -154,7 +160,6 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
     architecture (q_proj and v_proj for Llama/Mistral). Steps use AdamW, linear warmup then linear decay.
     """
     from peft import LoraConfig
-    from tqdm.auto import tqdm
 
     require_new(model, name)  # before any work: the examples are not even read
     if isinstance(examples, str):
@@ -169,7 +174,24 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
     torch.manual_seed(seed)  # the LoRA A matrices are initialised from it
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         bias="none", task_type="CAUSAL_LM")
-    model = _attach(model, name, config)
+    given = model
+    with kept_modes(given, training=True, grads=True):  # PEFT freezes every base weight; put the user's back
+        model = _attach(given, name, config)
+        losses, seconds = _train(model, name, rows, pad, steps, lr, batch_size, seed, warmup, progress)
+    if model is not given:  # a plain base was wrapped: the new wrappers take its flag
+        model.training = model.base_model.training = given.training
+    switch(model, name)  # ready for inference: this adapter runs, every adapter weight frozen again
+    tail = losses[-min(5, len(losses)):]
+    print(f"[{name}] end loss {sum(tail) / len(tail):.3f} (mean of the last {len(tail)} steps), "
+          f"{len(losses)} steps in {seconds:.0f} s")
+    return model
+
+
+def _train(model, name, rows, pad, steps, lr, batch_size, seed, warmup, progress) -> tuple[list[float], float]:
+    """The optimisation loop over adapter ``name``'s weights: the losses and the seconds it took."""
+    from tqdm.auto import tqdm
+
+    target_modules = model.peft_config[name].target_modules
     params = [p for n, p in model.named_parameters() if p.requires_grad and f".{name}." in n]
     if not params:
         raise AdapterError(f"Adapter {name!r} has no trainable parameters: check target_modules={target_modules}.")
@@ -178,7 +200,7 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
 
-    model.train()
+    model.train()  # the wrappers PEFT added too
     losses: list[float] = []
     start = time.perf_counter()
     # TQDM_DISABLE read now and passed explicitly: tqdm reads it once, when it is first imported (often before
@@ -199,12 +221,7 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
             print(f"[{name}] start loss {losses[0]:.3f}")
         bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    model.eval()
-    switch(model, name)  # ready for inference: this adapter runs, every adapter weight frozen again
-    tail = losses[-min(5, len(losses)):]
-    print(f"[{name}] end loss {sum(tail) / len(tail):.3f} (mean of the last {len(tail)} steps), "
-          f"{len(losses)} steps in {time.perf_counter() - start:.0f} s")
-    return model
+    return losses, time.perf_counter() - start
 
 
 def save_adapter_folder(model, name: str, folder) -> Path:

@@ -140,6 +140,16 @@ CASES = {
 }
 
 
+CASES.update({
+    # target_modules null: PEFT picks its default for Mistral (q_proj, v_proj) and leaves them fresh, while the
+    # o_proj tensors are ignored
+    "target_modules null": (lambda ts: {k.replace("q_proj", "o_proj"): v for k, v in ts.items() if "v_proj" not in k},
+                            lambda c: c.update(target_modules=None), r"(?s)target_modules.*null.*q_proj.*v_proj"),
+    "target_modules 5": (None, lambda c: c.update(target_modules=5), r"target_modules.*5.*list of module names"),
+    "target_modules [5]": (None, lambda c: c.update(target_modules=[5]), r"target_modules.*list of module names"),
+})
+
+
 @pytest.mark.parametrize("start", ["plain", "peft"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_config_and_tensors_must_agree(tmp_path, tiny_model, src, case, start, monkeypatch):
@@ -169,3 +179,29 @@ def test_agreeing_files_still_load(tiny_model, src):
     model = lh.load_adapters(tiny_model, dict(src))
     assert list(model.peft_config) == list(src)
     assert isinstance(AdapterFileError("x"), AdapterError)
+
+
+# ---------------------------------------------------------------- probe findings: odd configs, non-finite weights
+
+def test_target_modules_null_with_the_default_tensors_loads(tmp_path, tiny_model, src):
+    """null means PEFT's default for the architecture (q_proj, v_proj for Mistral): "json" has exactly those."""
+    ok = edited(tmp_path, src["json"], config=lambda c: c.update(target_modules=None))
+    model = lh.load_adapters(tiny_model, {"json": ok})
+    assert list(model.peft_config) == ["json"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("start", ["plain", "peft"])
+def test_non_finite_weights_are_refused_before_anything_changes(tmp_path, tiny_model, src, value, start, monkeypatch):
+    def poison(ts):
+        k = next(k for k in ts if ".lora_B." in k)
+        ts[k] = ts[k].clone()
+        ts[k][0, 0] = value
+        return ts
+    bad = edited(tmp_path, src["json"], tensors=poison)
+    model = tiny_model if start == "plain" else lh.load_adapters(tiny_model, {"coding": src["coding"]})
+    before, calls = snapshot(model), watch_peft_loads(monkeypatch)
+    with pytest.raises(AdapterFileError, match=r"(?s)'json'.*lora_B.*(NaN|infinite).*not a number") as e:
+        lh.load_adapters(model, {"json": bad})
+    assert isinstance(e.value, ValueError) and calls == []
+    assert_unchanged(model, before)

@@ -1,4 +1,5 @@
 import errno
+import shutil
 import json
 import os
 from pathlib import Path
@@ -189,7 +190,7 @@ def test_a_full_disk_while_the_tokenizer_saves_is_a_storage_error(two, tiny_toke
 
     monkeypatch.setattr(tiny_tokenizer, "save_pretrained", full)
     with pytest.raises(lh.StorageError, match=r"(?s)Not enough disk space to write the merged model.*needs about "
-                                              r".*MiB.*free.*another out_dir") as e:
+                                              r".*[KMG]iB.*free.*another out_dir") as e:
         lh.merge_and_save(two, "coding", out, tokenizer=tiny_tokenizer, overwrite=True)
     assert isinstance(e.value, lh.MergeError) and isinstance(e.value, OSError)
     assert files(out) == previous and litter(tmp_path) == []
@@ -250,7 +251,7 @@ def test_dora_adapter_goes_through_pefts_own_merge(tiny_model, tmp_path):
 
 
 def test_bad_input(two, tiny_model, tmp_path):
-    with pytest.raises(lh.AdapterNotFoundError, match="'support'.*loaded: coding, json"):
+    with pytest.raises(lh.AdapterNotFoundError, match="'support' is loaded; loaded: json, coding\\b"):
         lh.merge_and_save(two, "support", tmp_path / "m")
     with pytest.raises(lh.AdapterError, match="no adapters loaded"):
         lh.merge_and_save(tiny_model, "json", tmp_path / "m")
@@ -528,3 +529,56 @@ def test_summary_says_the_number_of_files_in_russian(shards, words):
                             tolerance=1e-3, adapter_bytes=2**20, merged_bytes=50 * 2**20, seconds=1.0,
                             verify_seconds=0.5, quantized_base=False, verified_by="logits", shards=shards)
     assert f"(float32, {words})" in report.summary() and "×50" in report.summary()
+
+
+# ---------------------------------------------------------------- probe findings: tolerance, disk, odd paths
+
+@pytest.mark.parametrize("tolerance", ["x", True, -1.0, float("nan"), [1]])
+def test_a_tolerance_that_is_not_a_number_is_refused_before_writing(two, tmp_path, tolerance):
+    with pytest.raises(lh.AdapterError, match=r"tolerance=.*non-negative number.*e\.g\. tolerance=") as e:
+        lh.merge_and_save(two, "json", tmp_path / "m", tolerance=tolerance)
+    assert isinstance(e.value, ValueError) and list(tmp_path.iterdir()) == []
+
+
+def test_the_disk_check_says_a_size_that_means_something(two, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**6, 10**6 - 1000, 1000))
+    need = M._merged_bytes(two.get_base_model(), torch.float32)
+    assert need < 2**30 / 100  # "~0.00 GiB" before
+    with pytest.raises(lh.StorageError, match=rf"(?s)Not enough disk space.*needs about {need * 1.05 / 2**10:.0f} KiB.*"
+                                              r"1000 bytes are free") as e:
+        lh.merge_and_save(two, "json", tmp_path / "m")
+    assert isinstance(e.value, lh.MergeError) and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["OSError", "plain"])
+def test_a_file_too_large_for_the_file_system_is_a_storage_error(two, tmp_path, monkeypatch, how):
+    """EFBIG: FAT32 (a USB stick) takes at most 4 GiB per file, and `ulimit -f` can set a smaller limit."""
+    def too_big(tensors, filename, metadata=None):
+        if how == "OSError":
+            raise OSError(errno.EFBIG, "File too large")
+        raise Exception("File too large (os error 27)")
+
+    monkeypatch.setattr("safetensors.torch.save_file", too_big)
+    with pytest.raises(lh.StorageError, match=r"(?s)too large for the file system.*max_shard_size") as e:
+        lh.merge_and_save(two, "json", tmp_path / "m")
+    assert isinstance(e.value, lh.MergeError) and litter(tmp_path) == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["~nouser", "nul", "part_300"])
+def test_paths_that_cannot_name_a_folder_are_refused_clearly(two, tmp_path, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    out, words = {"~nouser": ("~no_such_user_here/m", "home folder of 'no_such_user_here'"),
+                  "nul": ("m\0x", "NUL"), "part_300": ("p" * 300 + "/m", "too long")}[case]
+    with pytest.raises(lh.StorageError, match=words):
+        lh.merge_and_save(two, "json", out)
+    with pytest.raises(lh.StorageError, match=words):
+        lh.resolve_adapter(out)
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_out_dir_that_is_not_a_path_is_refused(two, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for bad in (None, 5, b"m"):
+        with pytest.raises(lh.StorageError, match="Expected a folder path"):
+            lh.merge_and_save(two, "json", bad)
+    assert os.listdir(tmp_path) == []

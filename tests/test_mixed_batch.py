@@ -52,7 +52,7 @@ def test_mixed_batch_equals_each_prompt_alone(three, tiny_tokenizer, start, gene
 def test_mixed_batch_bad_input(three, tiny_tokenizer, generate_calls):
     with pytest.raises(lh.AdapterError, match="one per prompt"):
         lh.generate(three, tiny_tokenizer, PROMPTS, adapter=["json"], max_new_tokens=2)
-    with pytest.raises(lh.AdapterError, match="not loaded"):
+    with pytest.raises(LookupError, match="No adapter named 'legal' is loaded; loaded: json, coding, support"):
         lh.generate(three, tiny_tokenizer, ["a", "b"], adapter=["json", "legal"], max_new_tokens=2)
     assert lh.active_adapter(three) == "json" and generate_calls == []
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import lora_helpers as lh
-from lora_helpers._textfeatures import char_ngrams, hidden_state_features, load_labelled, normalize
+from lora_helpers._textfeatures import char_ngrams, hidden_state_features, normalize
+from lora_helpers.shipped import load_labelled
 from lora_helpers.router import DEFAULT_RULES, KeywordRouter, SemanticRouter
 
 EVAL = load_labelled("router_eval")
@@ -308,3 +309,23 @@ def test_route_and_generate_takes_a_plain_function(tiny_model, tiny_tokenizer):
     assert [a for a, _ in pairs] == ["coding", "json"]
     assert [r for _, r in pairs] == lh.generate(model, tiny_tokenizer, prompts, adapter=["coding", "json"],
                                                 max_new_tokens=3)
+
+
+@pytest.mark.parametrize("bad", [None, 42, b"JSON", "", "   \n\t"])
+def test_routers_and_generate_check_a_prompt_alike(keyword, bad):
+    """One prompt check (prompts.check_prompt) for the routers and generation: the same error, word for word."""
+    from lora_helpers.prompts import check_prompt
+
+    with pytest.raises(lh.PromptError) as routed:
+        keyword.route(bad)
+    with pytest.raises(lh.PromptError) as checked:
+        check_prompt(bad)
+    assert str(routed.value) == str(checked.value)
+
+
+def test_the_shipped_data_is_read_by_one_function():
+    """Router data sets and the demo training data come through shipped.load_labelled alike."""
+    from lora_helpers import _textfeatures, shipped
+
+    assert shipped.load_examples("json") == shipped.load_labelled("json_train")
+    assert not hasattr(_textfeatures, "load_labelled")

@@ -80,14 +80,18 @@ def test_adapter_names_are_checked_first(tiny_model, tiny_tokenizer, bad):
 
 
 def test_trained_adapter_is_ready_for_inference(tiny_model, tiny_tokenizer):
-    """Returned as lh.switch leaves a model: the new adapter runs, nothing is trainable, PEFT agrees on every layer."""
+    """Returned as lh.switch leaves a model: the new adapter runs, no adapter weight is trainable, PEFT agrees on
+    every layer; the base's weights are as trainable as they were (PEFT froze them while training)."""
     import lora_helpers as lh
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    tiny_model.model.embed_tokens.weight.requires_grad_(False)
+    grads = {p: p.requires_grad for p in tiny_model.parameters()}
     model = train_adapter(tiny_model, tiny_tokenizer, EXAMPLES, "first", steps=2, progress=False)
     model = train_adapter(model, tiny_tokenizer, EXAMPLES, "second", steps=2, progress=False)
     assert lh.active_adapter(model) == "second" == model.active_adapter
-    assert not [n for n, p in model.named_parameters() if p.requires_grad]
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p not in grads]
+    assert {p: p.requires_grad for p in grads} == grads
     assert {tuple(m.active_adapters) for m in model.modules() if isinstance(m, BaseTunerLayer)} == {("second",)}
 
 
