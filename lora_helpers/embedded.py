@@ -157,6 +157,8 @@ def embedded_folder(rebuild: bool = False) -> Path:
 def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    from .generate import pad_id
+
     src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config + weights.
@@ -171,7 +173,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     plain.tie_weights()
     plain.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else config.eos_token_id,
+        pad_token_id=pad_id(tok),
         do_sample=False)
     plain.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
