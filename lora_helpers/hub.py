@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -28,24 +29,18 @@ from pathlib import Path
 from .base import in_colab
 from .errors import AdapterError, AdapterNotFoundError, StorageError
 from .folders import disk_error
+from .remote import scrub, within
 
 DEFAULT_TIMEOUT_S = 60.0
 _MARK = "X-Lora-Helpers-Call"  # marks this package's requests for the hook; never sent
 _CALLS: dict = {}  # mark -> _Call, while its thread runs
 _HOOK_LOCK = threading.Lock()
 _REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_][A-Za-z0-9._+-]*)*")
-_TOKEN_LIKE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+|\bhf_[A-Za-z0-9]{20,}")
 
 
 def _endpoint():
     """The Hub address, read at call time so HF_ENDPOINT set after import still counts."""
     return os.environ.get("HF_ENDPOINT") or None
-
-
-def _scrub(text: str, token) -> str:
-    """``text`` without the token, nor anything that looks like one (a server may quote a header back)."""
-    text = _TOKEN_LIKE.sub(lambda m: f"{m[1]} ***" if m[1] else "hf_***", text)
-    return text.replace(token, "hf_***") if token else text
 
 
 def find_token(token=None):
@@ -137,63 +132,125 @@ class _Late(TimeoutError):
 
 
 class _Call:
-    def __init__(self, limit: float):
-        self.mark, self.limit, self.deadline = uuid.uuid4().hex, limit, time.monotonic() + limit
+    """One Hub call: its mark, its limit (a total, or with ``stall`` the time allowed without a byte), its bytes."""
+
+    def __init__(self, limit: float, stall: bool = False):
+        self.mark, self.limit, self.stall = uuid.uuid4().hex, limit, stall
+        self.deadline = math.inf if stall else time.monotonic() + limit
+        self.received = 0
+
+    def check(self) -> None:
+        if time.monotonic() >= self.deadline:
+            raise _Late(f"the call passed its {self.limit:g} s limit")
+
+    def give_up(self) -> None:
+        self.deadline = -math.inf  # the thread starts no request, reads no byte, retries nothing more
+
+
+def _call_of(request):
+    return _CALLS.get(request.extensions.get(_MARK))
 
 
 def _limit_request(request) -> None:
-    """Request event hook: this package's requests wait at most what is left of their call's time."""
+    """Request event hook: this package's requests wait at most what is left of their call's time, and one that
+    fails after its call gave up ends the call (no library retries it, nor sleeps before a retry)."""
     mark = request.headers.get(_MARK)
     if mark is not None:
         del request.headers[_MARK]
         request.extensions[_MARK] = mark  # redirects copy the extensions, not a removed header
-    call = _CALLS.get(request.extensions.get(_MARK))
+    call = _call_of(request)
     if call is None:
         return
-    left = call.deadline - time.monotonic()
-    if left <= 0:
-        raise _Late(f"the call passed its {call.limit:g} s deadline")
-    wait = min(left, call.limit / 3)
+    call.check()
+    wait = call.limit if call.stall else min(call.deadline - time.monotonic(), call.limit / 3)
     old = request.extensions.get("timeout") or {}
     request.extensions["timeout"] = {k: min(old.get(k) or wait, wait) for k in ("connect", "read", "write", "pool")}
+    trace = request.extensions.get("trace")
+    if getattr(trace, "call", None) is not call:
+        request.extensions["trace"] = _Trace(call, trace)
+
+
+class _Trace:
+    """httpcore's ``trace`` extension: a step of the request that failed after its call gave up raises _Late."""
+
+    def __init__(self, call: _Call, inner):
+        self.call, self.inner = call, inner
+
+    def __call__(self, event: str, info: dict):
+        if self.inner is not None:
+            self.inner(event, info)
+        if event.endswith(".failed") and isinstance(info.get("exception"), Exception):  # not a closed generator
+            self.call.check()
+
+
+def _watch_response(response) -> None:
+    """Response event hook: the body of this package's responses is read through :func:`_watched`."""
+    call = _call_of(response.request)
+    if call is not None:
+        call.received += 1  # the head came: progress
+        response.stream = _watched(response, call)
+
+
+def _watched(response, call):
+    """``response.stream`` counting its bytes for ``call``; a byte that comes after the call gave up ends it."""
+    httpx = sys.modules[type(response).__module__.partition(".")[0]]  # httpx, or httpx2 (huggingface_hub 2.x)
+    inner = response.stream
+
+    class Watched(httpx.SyncByteStream):
+        def __iter__(self):
+            for chunk in inner:
+                call.received += len(chunk)
+                call.check()
+                yield chunk
+
+        def close(self):
+            inner.close()
+
+    return Watched()
 
 
 def _hook_into_session() -> None:
-    """Add :func:`_limit_request` to huggingface_hub's current shared client (a new one after a reset)."""
+    """Add the hooks to huggingface_hub's current shared client (a new one after a reset)."""
     from huggingface_hub import get_session
     with _HOOK_LOCK:
         client = get_session()
         hooks = client.event_hooks
-        if _limit_request not in hooks["request"]:
-            client.event_hooks = {**hooks, "request": [*hooks["request"], _limit_request]}
+        if _limit_request not in hooks["request"] or _watch_response not in hooks["response"]:
+            client.event_hooks = {
+                "request": [*(h for h in hooks["request"] if h is not _limit_request), _limit_request],
+                "response": [*(h for h in hooks["response"] if h is not _watch_response), _watch_response]}
 
 
-def _bounded(fn, limit: float):
-    """``fn(headers)`` (headers marking its requests) in a daemon thread; :class:`_Late` after ``limit`` s."""
-    call = _Call(limit)
+def _bounded(fn, limit: float, stall_in=None):
+    """``fn(headers)`` (headers marking its requests) under ``limit`` s in all; with ``stall_in`` (a folder the
+    download writes into) under ``limit`` s without progress. :class:`_Late` when it passes."""
+    call = _Call(limit, stall=stall_in is not None)
     _hook_into_session()
-    box: dict = {}
+    progress = None if stall_in is None else (lambda: (call.received, _bytes_in(stall_in)))
 
     def work():
         try:
-            box["value"] = fn({_MARK: call.mark})
-        except BaseException as e:  # handed to the caller
-            box["error"] = e
+            return fn({_MARK: call.mark})
         finally:
             _CALLS.pop(call.mark, None)
 
     _CALLS[call.mark] = call
-    worker = threading.Thread(target=work, name="lora_helpers Hub call", daemon=True)
-    worker.start()
-    try:
-        worker.join(limit)
-    finally:
-        call.deadline = -math.inf  # a late or interrupted call starts no new request
-    if worker.is_alive():
-        raise _Late(f"no answer in {limit:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    # The grace lets the thread see that the call gave up (its reads end by the deadline), so it leaves no file
+    # lock behind that a retry would wait for.
+    return within(work, limit, name="lora_helpers Hub call", progress=progress, on_late=call.give_up,
+                  grace=min(limit / 3, 5.0))
+
+
+def _bytes_in(folder: Path) -> int:
+    """Bytes under ``folder`` (a transfer outside the HTTP client, Xet, shows as growing files there)."""
+    total = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:  # renamed or removed meanwhile
+                pass
+    return total
 
 
 # ----------------------------------------------------------------------------- failures in words
@@ -236,7 +293,7 @@ def _hub_failure(e: BaseException, action: str, token, writing: bool = False) ->
         return disk_error(e, action, Path(os.environ.get("HF_HUB_CACHE") or tempfile.gettempdir()))
     else:
         why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Check your connection and try again"
-    return StorageError(_scrub(f"Could not {action}: {why}.", token))
+    return StorageError(scrub(f"Could not {action}: {why}.", [token] if isinstance(token, str) else []))
 
 
 def _download_failure(e: BaseException, spec: str, repo_id: str, revision, token) -> AdapterError:

@@ -283,3 +283,22 @@ def test_a_colab_secret_is_read_here_only_where_huggingface_hub_does_not(monkeyp
     asked.clear()
     monkeypatch.setattr(huggingface_hub.utils, "is_google_colab", lambda: True)  # it sees Colab: it asked already
     assert lh.find_token() is None and asked == []
+
+
+# ----------------------------------------------------------------------------- a retry after a deadline works
+
+@pytest.mark.parametrize("route, how", [("resolve", "stall"), ("resolve", "drip-body"), ("info", "stall"),
+                                        ("tree", "stall")])
+def test_a_retry_works_once_the_hub_answers_again(published, monkeypatch, route, how):
+    """The call that passed its deadline must not keep the cache's file lock, nor leave its thread running.
+
+    (A head sent a byte at a time is the one case whose thread lives on until the head is complete: no read
+    waits, and no byte of the body has come to stop at; it holds no file lock meanwhile.)"""
+    monkeypatch.setenv("LORA_HUB_TIMEOUT", str(LIMIT))
+    published.faults[route] = how
+    with pytest.raises(StorageError, match="did not answer in time"):
+        lh.resolve_adapter("hub:alice/json")
+    published.faults.clear()  # the server is back (the stalled handler itself still hangs)
+    folder = lh.resolve_adapter("hub:alice/json")
+    assert (folder / "adapter_config.json").is_file()
+    assert not hub_threads() and not published.stopping.is_set()
