@@ -386,19 +386,12 @@ def _with_template(model, tok, folder: Path):
 
 
 def _load_hub(repo: str, device: str, dtype, token, **kw):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Hub model ``repo``, downloaded under the package's Hub policy (hub.download_base), then loaded."""
+    from . import hub
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(repo, dtype=dtype or "auto", token=token, **kw)
-        tok = AutoTokenizer.from_pretrained(repo, token=token)
-    except OSError as e:
-        raise BaseModelError(
-            f"Could not load {repo!r} from the Hugging Face Hub: {e}. Check the name, your network, "
-            "and for gated models accept the terms on the model page and pass an HF token "
-            "(HF_TOKEN or the Colab secret of that name).") from e
-    if "device_map" not in kw:
-        model = model.to(device)
-    return _finish(model, tok)
+    model, tok = _load_folder(hub.download_base(repo, token), device, dtype, **kw)
+    model.name_or_path = model.config.name_or_path = repo  # the Hub id, not the cache folder: adapters record it
+    return model, tok
 
 
 def gpu_half():
@@ -469,14 +462,9 @@ def _snapshot(repo: str, token) -> Path:
     Downloading first and loading from the folder keeps every Hub request under ``token``: with token=False
     no request reads a token, so Colab asks nothing about an ``HF_TOKEN`` secret (transformers' tokenizer,
     given a Hub id, asks the Hub about it with the implicit token)."""
-    from huggingface_hub import snapshot_download
+    from . import hub
 
-    try:
-        return Path(snapshot_download(repo, token=token, allow_patterns=[
-            "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
-    except Exception as e:  # network, HTTP and cache errors share no base class
-        raise BaseModelError(f"Could not download {repo!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
-                             "Check the name and your network.") from e
+    return hub.download_base(repo, token)
 
 
 def _load_mistral(preset: str, device: str, token: str | None):
@@ -485,18 +473,20 @@ def _load_mistral(preset: str, device: str, token: str | None):
             f"The {preset!r} preset loads Mistral-7B-Instruct in 4-bit, which needs a CUDA GPU "
             "(bitsandbytes). In Colab choose Runtime -> Change runtime type -> T4 GPU; on a CPU use "
             "load_base('smollm2-135m') (what 'auto' picks there) or 'smollm2-135m-4bit' for the same 4-bit path.")
+    from . import hub
+
     if preset == "mistral-7b":
         # ungated: no token needed, and none looked up (so no Colab secret dialog) unless one is given
         return load_prequantized_4bit(MISTRAL_4BIT, device, token or os.environ.get("HF_TOKEN") or False)
-    token = token or os.environ.get("HF_TOKEN")
+    token = hub.find_token(token)
     try:
-        return load_4bit(MISTRAL_NAME, device, token)
-    except BaseModelError as e:
-        if not isinstance(e.__cause__, OSError):
-            raise
-        have = "with the token given" if token else "without a token (token= or HF_TOKEN is not set)"
-        raise BaseModelError(
-            f"Could not load the gated {MISTRAL_NAME} {have}: {str(e.__cause__).strip().splitlines()[0][:300]}. "
-            f"Accept its terms at https://huggingface.co/{MISTRAL_NAME} and pass an HF token of that account "
-            "(token=... or HF_TOKEN, in Colab the secret of that name), or use load_base('mistral-7b'): "
-            f"the same weights pre-quantized ({MISTRAL_4BIT}), ungated.") from e.__cause__
+        folder = hub.download_base(MISTRAL_NAME, token or False)  # looked up once, just above
+    except BaseModelError as e:  # gated, or not found: raised outside this block, with no chained error
+        have = "with the token given" if token else "without a token (none given, in HF_TOKEN or `hf auth login`)"
+        failure = BaseModelError(f"Could not load the gated {MISTRAL_NAME} {have}: {e} Or use "
+                                 f"load_base('mistral-7b'): the same weights pre-quantized ({MISTRAL_4BIT}), ungated.")
+    else:
+        model, tok = load_4bit(str(folder), device)
+        model.name_or_path = model.config.name_or_path = MISTRAL_NAME
+        return model, tok
+    raise failure

@@ -1,18 +1,21 @@
-"""The Hugging Face Hub side of storage: fetch an adapter ('hub:owner/repo[/sub][@rev]'), upload one.
+"""All Hugging Face Hub traffic: fetch an adapter ('hub:owner/repo[/sub][@rev]'), upload one, download a base model.
 
 :func:`find_token` is huggingface_hub's own ``get_token()`` (plus the Colab secret in a Colab runtime it does
 not recognise) unless a token is given. Repository ids and revisions are checked before any request. Every Hub
-call ends: it runs under a total deadline (``LORA_HUB_TIMEOUT`` seconds, default 60; a large upload on a slow
-line may need more), and each of its requests waits at most a third of that for any one step. Timeouts, cut
-connections and server failures become a :class:`StorageError` that says what happened; no error shows the
-token, in its text or in a chained error.
+call ends: an adapter's call runs under a total deadline (``LORA_HUB_TIMEOUT`` seconds, default 60; a large
+upload on a slow line may need more), and each of its requests waits at most a third of that for any one step;
+a base model's multi-GB download runs under a stall limit instead: it ends when ``LORA_HUB_TIMEOUT`` seconds
+pass without a byte. Timeouts, cut connections and server failures become a :class:`StorageError` that says
+what happened; no error shows the token, in its text or in a chained error.
 ``HF_ENDPOINT`` is read at call time (tests point it at a local stand-in Hub).
 
 How the limits reach huggingface_hub without replacing a client factory you set: its shared HTTP client
-(``huggingface_hub.get_session()``, from its default factory or yours) gets one more request event hook, which
-acts only on this package's requests (marked by a header it removes before sending) and sets their timeouts.
-The call runs in a daemon thread that the caller waits for until the deadline, so retries, back-off sleeps
-and transfers outside that client (Xet) are bounded too; a request the thread starts after the deadline fails.
+(``huggingface_hub.get_session()``, from its default factory or yours) gets a request and a response event
+hook, which act only on this package's requests (marked by a header they remove before sending): they set
+the requests' timeouts and count the bytes that come. The call runs in a daemon thread that the caller waits
+for (:func:`lora_helpers.remote.within`), so retries, back-off sleeps and transfers outside that client (Xet)
+are bounded too. Once the caller gives up, the thread starts no request, reads no further byte and retries
+no failed step, so it ends within moments and keeps no cache lock that a retry would wait for.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import uuid
 from pathlib import Path
 
 from .base import in_colab
-from .errors import AdapterError, AdapterNotFoundError, StorageError
+from .errors import AdapterError, AdapterNotFoundError, BaseModelError, StorageError
 from .folders import disk_error
 from .remote import scrub, within
 
@@ -262,14 +265,17 @@ def _chain(e):
     return seen
 
 
-def _hub_failure(e: BaseException, action: str, token, writing: bool = False) -> AdapterError:
+def _hub_failure(e: BaseException, action: str, token, writing: bool = False, stall: bool = False) -> AdapterError:
     """What went wrong talking to the Hub, in words: a timeout, a cut connection, a refusal, a server error."""
     chain = _chain(e)
     kinds = {c.__name__ for x in chain for c in type(x).__mro__}
     status = next((getattr(getattr(x, "response", None), "status_code", None) for x in chain
                    if getattr(getattr(x, "response", None), "status_code", None)), None)
     hub = _endpoint() or "huggingface.co"
-    if kinds & {"TimeoutException", "TimeoutError"}:
+    if kinds & {"TimeoutException", "TimeoutError"} and stall:
+        why = (f"the Hub at {hub} sent nothing for {timeout_s():g} s (LORA_HUB_TIMEOUT sets that; a download "
+               "that keeps receiving goes on). Check your connection and try again")
+    elif kinds & {"TimeoutException", "TimeoutError"}:
         why = (f"the Hub at {hub} did not answer in time (a call may take {timeout_s():g} s in all; "
                "LORA_HUB_TIMEOUT sets that). Check your connection and try again"
                + ("; an upload cut off this way may still have reached the Hub, so look at the repository "
@@ -296,27 +302,34 @@ def _hub_failure(e: BaseException, action: str, token, writing: bool = False) ->
     return StorageError(scrub(f"Could not {action}: {why}.", [token] if isinstance(token, str) else []))
 
 
-def _download_failure(e: BaseException, spec: str, repo_id: str, revision, token) -> AdapterError:
+def _download_failure(e: BaseException, action: str, repo_id: str, revision, token, missing=AdapterNotFoundError,
+                      stall: bool = False) -> AdapterError:
+    """A failed download in words; ``missing``: the error for a repository or revision that is not there."""
     from huggingface_hub import constants
     from huggingface_hub.errors import (
-        LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+        GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+        RevisionNotFoundError)
+    gated = next((x for x in _chain(e) if isinstance(x, GatedRepoError)), None)
+    if gated is not None:
+        return missing(f"Hub repository '{repo_id}' is gated: accept its terms on its page "
+                       f"(https://huggingface.co/{repo_id}) while logged in, then give a token of that account "
+                       "(token=..., HF_TOKEN, `hf auth login`, or in Colab the secret HF_TOKEN).")
     if isinstance(e, RepositoryNotFoundError):
-        return AdapterNotFoundError(f"Hub repository '{repo_id}' was not found (or it is private and no valid "
-                                    "token was given). Check the name; for a private repo set HF_TOKEN.")
+        return missing(f"Hub repository '{repo_id}' was not found (or it is private and no valid token was "
+                       "given). Check the name; for a private repo set HF_TOKEN.")
     if isinstance(e, RevisionNotFoundError):
-        return AdapterNotFoundError(f"Hub repository '{repo_id}' has no revision '{revision}'. Use a branch, "
-                                    "tag or commit that exists, or drop '@...' for main.")
+        return missing(f"Hub repository '{repo_id}' has no revision '{revision}'. Use a branch, tag or commit "
+                       "that exists, or drop '@...' for main.")
     if isinstance(e, LocalEntryNotFoundError):
         causes = _chain(e)[1:]
         if not causes or any(isinstance(x, OfflineModeIsEnabled) for x in causes) or constants.HF_HUB_OFFLINE:
-            return AdapterNotFoundError(f"Could not fetch 'hub:{spec}' and it is not in the local cache "
-                                        f"({type(e).__name__}). Connect to the internet (HF_HUB_OFFLINE=0) and "
-                                        "try again.")
-        return _hub_failure(e, f"fetch 'hub:{spec}' (and it is not in the local cache)", token)
-    return _hub_failure(e, f"fetch 'hub:{spec}'", token)  # timeouts, cut connections: the HTTP library's errors
+            return missing(f"Could not {action} and it is not in the local cache ({type(e).__name__}). Connect "
+                           "to the internet (HF_HUB_OFFLINE=0) and try again.")
+        return _hub_failure(e, f"{action} (and it is not in the local cache)", token, stall=stall)
+    return _hub_failure(e, action, token, stall=stall)  # timeouts, cut connections: the HTTP library's errors
 
 
-# ----------------------------------------------------------------------------- the two calls
+# ----------------------------------------------------------------------------- the calls
 def download(spec: str) -> Path:
     """The local folder of 'owner/repo[/sub][@rev]' (``snapshot_download``; the offline cache counts)."""
     from huggingface_hub import snapshot_download
@@ -327,9 +340,36 @@ def download(spec: str) -> Path:
             repo_id, revision=revision, token=token, endpoint=_endpoint(), headers=headers,
             allow_patterns=[f"{sub}/*"] if sub else None), limit)
     except Exception as e:
-        failure = _download_failure(e, spec, repo_id, revision, token)
+        failure = _download_failure(e, f"fetch 'hub:{spec}'", repo_id, revision, token)
     else:
         return Path(folder) / sub if sub else Path(folder)
+    raise failure  # outside the except block: no chained error, which may quote the token
+
+
+def download_base(repo_id: str, token=None) -> Path:
+    """The local folder of Hub model ``repo_id``: its config, tokenizer and safetensors weights
+    (``model.safetensors`` or its shards; not a second copy such as Mistral's ``consolidated.safetensors``).
+
+    ``token``: a token; None: :func:`find_token`; False: none sent or looked up (so Colab asks nothing). Runs
+    under the stall limit: it ends when ``LORA_HUB_TIMEOUT`` seconds pass without a byte coming (a multi-GB
+    download may take longer in all). Failures are :class:`BaseModelError` (no such repository, gated) or
+    :class:`StorageError` (timeouts, refusals, cut connections), without the token and without a chained error.
+    """
+    from huggingface_hub import constants, snapshot_download
+    if token is not False:
+        token = find_token(token)
+    limit = timeout_s()
+    cache = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"  # where the files grow
+    try:
+        folder = _bounded(lambda headers: snapshot_download(
+            repo_id, token=token, endpoint=_endpoint(), headers=headers,
+            allow_patterns=["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken", "model*.safetensors"]),
+            limit, stall_in=cache)
+    except Exception as e:
+        failure = _download_failure(e, f"download the base model '{repo_id}'", repo_id, None, token,
+                                    missing=BaseModelError, stall=True)
+    else:
+        return Path(folder)
     raise failure  # outside the except block: no chained error, which may quote the token
 
 
