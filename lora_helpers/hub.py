@@ -29,7 +29,6 @@ import time
 import uuid
 from pathlib import Path
 
-from .base import in_colab
 from .errors import AdapterError, AdapterNotFoundError, BaseModelError, StorageError
 from .folders import disk_error
 from .remote import scrub, within
@@ -58,12 +57,12 @@ def find_token(token=None):
     from huggingface_hub import get_token
     from huggingface_hub.utils import is_google_colab
     found = get_token()
-    if found or is_google_colab() or not in_colab():
+    if found or is_google_colab():
         return found
     try:
-        from google.colab import userdata
+        from google.colab import userdata  # importable in a Colab runtime only
         return userdata.get("HF_TOKEN") or None
-    except Exception:  # secret missing or notebook access not granted
+    except Exception:  # not Colab; or the secret is missing, or notebook access not granted
         return None
 
 
