@@ -221,9 +221,9 @@ def test_a_token_the_hub_quotes_back_never_shows_in_an_upload(hub, model, capsys
 
 def test_the_echo_server_does_quote_the_token(published):
     """The two tests above prove something only if the server really sends the token back."""
-    import httpx2
+    from huggingface_hub import get_session  # its HTTP client: httpx2 from huggingface_hub 2, httpx before
     published.faults["info"] = "echo:401"
-    reply = httpx2.get(f"{published.url}/api/models/alice/json", headers={"Authorization": f"Bearer {TOKEN}"})
+    reply = get_session().get(f"{published.url}/api/models/alice/json", headers={"Authorization": f"Bearer {TOKEN}"})
     assert TOKEN in reply.text and TOKEN in reply.headers["X-Error-Message"]
 
 
