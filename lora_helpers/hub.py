@@ -19,6 +19,7 @@ no failed step, so it ends within moments and keeps no cache lock that a retry w
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -196,19 +197,25 @@ def _watch_response(response) -> None:
 def _watched(response, call):
     """``response.stream`` counting its bytes for ``call``; a byte that comes after the call gave up ends it."""
     httpx = sys.modules[type(response).__module__.partition(".")[0]]  # httpx, or httpx2 (huggingface_hub 2.x)
-    inner = response.stream
+    return _watched_class(httpx.SyncByteStream)(response.stream, call)
 
-    class Watched(httpx.SyncByteStream):
+
+@functools.cache
+def _watched_class(base: type) -> type:
+    class Watched(base):
+        def __init__(self, inner, call):
+            self.inner, self.call = inner, call
+
         def __iter__(self):
-            for chunk in inner:
-                call.received += len(chunk)
-                call.check()
+            for chunk in self.inner:
+                self.call.received += len(chunk)
+                self.call.check()
                 yield chunk
 
         def close(self):
-            inner.close()
+            self.inner.close()
 
-    return Watched()
+    return Watched
 
 
 def _hook_into_session() -> None:
