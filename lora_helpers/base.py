@@ -184,19 +184,12 @@ def _with_template(model, tok, folder: Path):
 
 
 def _load_hub(repo: str, device: str, dtype, token, **kw):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Hub model ``repo``, downloaded under the package's Hub policy (hub.download_base), then loaded."""
+    from . import hub
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(repo, dtype=dtype or "auto", token=token, **kw)
-        tok = AutoTokenizer.from_pretrained(repo, token=token)
-    except OSError as e:
-        raise BaseModelError(
-            f"Could not load {repo!r} from the Hugging Face Hub: {e}. Check the name, your network, "
-            "and for gated models accept the terms on the model page and pass an HF token "
-            "(HF_TOKEN or the Colab secret of that name).") from e
-    if "device_map" not in kw:
-        model = model.to(device)
-    return _finish(model, tok)
+    model, tok = _load_folder(hub.download_base(repo, token), device, dtype, **kw)
+    model.name_or_path = model.config.name_or_path = repo  # the Hub id, not the cache folder: adapters record it
+    return model, tok
 
 
 def gpu_half():
@@ -269,14 +262,9 @@ def _snapshot(repo: str, token) -> Path:
     Downloading first and loading from the folder keeps every Hub request under ``token``: with token=False
     no request reads a token, so Colab asks nothing about an ``HF_TOKEN`` secret (transformers' tokenizer,
     given a Hub id, asks the Hub about it with the implicit token)."""
-    from huggingface_hub import snapshot_download
+    from . import hub
 
-    try:
-        return Path(snapshot_download(repo, token=token, allow_patterns=[
-            "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
-    except Exception as e:  # network, HTTP and cache errors share no base class
-        raise BaseModelError(f"Could not download {repo!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
-                             "Check the name and your network.") from e
+    return hub.download_base(repo, token)
 
 
 def _load_preset(name: str, device: str, dtype, token: str | None):
@@ -293,16 +281,16 @@ def _load_preset(name: str, device: str, dtype, token: str | None):
     if p.nf4 == "stored":
         # ungated: no token needed, and none looked up (so no Colab secret dialog) unless one is given
         return load_prequantized_4bit(p.source, device, token or os.environ.get("HF_TOKEN") or False)
-    token = token or os.environ.get("HF_TOKEN")
+    from . import hub
+
+    token = hub.find_token(token) or False  # looked up once, here
     try:
         if p.nf4:
             return load_4bit(p.source, device, token, compute=p.compute)
         return _load_hub(p.source, device, dtype, token)
-    except BaseModelError as e:
-        if not p.gated or not isinstance(e.__cause__, OSError):
+    except BaseModelError as e:  # gated, or not found: raised below, outside this block, with no chained error
+        if not p.gated:
             raise
-        have = "with the token given" if token else "without a token (token= or HF_TOKEN is not set)"
-        raise BaseModelError(
-            f"Could not load the gated {p.source} {have}: {str(e.__cause__).strip().splitlines()[0][:300]}. "
-            f"Accept its terms at https://huggingface.co/{p.source} and pass an HF token of that account "
-            f"(token=... or HF_TOKEN, in Colab the secret of that name), or {p.gated}.") from e.__cause__
+        have = "with the token given" if token else "without a token (none given, in HF_TOKEN or `hf auth login`)"
+        failure = BaseModelError(f"Could not load the gated {p.source} {have}: {e} Or {p.gated}.")
+    raise failure

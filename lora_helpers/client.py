@@ -14,8 +14,6 @@ import base64
 import logging
 import math
 import os
-import re
-import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,14 +21,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from .errors import AdapterError, AdapterNotServedError, ServeError
 from .names import BASE
+from .remote import scrub, within
 
 DEFAULT_TIMEOUT_S = 60.0
 _LOGGERS = ("httpx", "httpx2", "openai", "openai._base_client")  # where the HTTP libraries log requests
 _CLIENTS: weakref.WeakSet = weakref.WeakSet()  # live clients, whose secrets the log filter takes out
-_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
-_AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/=-]+")
-_SECRET_PARAM = re.compile(r"(?i)([?&;](?:[a-z_-]*key|[a-z_-]*token|auth|password|pass|secret|sig|signature)=)"
-                           r"[^&;#\s'\"]+")
 
 
 def _server_message(e) -> str:
@@ -44,14 +39,6 @@ def _server_message(e) -> str:
     return getattr(e, "message", None) or str(e)
 
 
-def _scrub(text: str, secrets=()) -> str:
-    """``text`` without ``secrets``, URL credentials, Basic/Bearer values or key/token query values."""
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    text = _URL_CREDENTIALS.sub(r"\1***@", text)
-    return _SECRET_PARAM.sub(r"\1***", _AUTH_VALUE.sub(r"\1 ***", text))
-
-
 def _without_credentials(url: str) -> str:
     """``url`` as messages may show it: ``***@`` for ``user:password@``, ``***`` for every query value."""
     parts = urlsplit(url)
@@ -60,10 +47,26 @@ def _without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+def _url_parts(base_url):
+    """``base_url`` split, or an AdapterError that shows it without credentials."""
+    text = str(base_url).strip()
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # an unclosed '[' or a port that is no number or over 65535
+        ok = False
+    if ok:
+        return parts
+    shown = scrub(text)
+    shown = "***@" + shown.rpartition("@")[2] if "@" in shown else shown  # credentials without a scheme too
+    raise AdapterError(f"base_url={shown!r} is not an http(s) URL with a host: expected the server's address, "
+                       "e.g. 'http://127.0.0.1:8000/v1' (an IPv6 host in brackets: 'http://[::1]:8000/v1').")
+
+
 def _split_url(base_url):
     """``base_url`` (``/v1`` added when missing) as (the URL to send to, the URL to show, headers, query, the
     secrets in it): ``user:password@`` becomes a Basic header, as httpx would send it, and leaves the URL."""
-    parts = urlsplit(str(base_url).strip())
+    parts = _url_parts(base_url)
     path = parts.path.rstrip("/")
     parts = parts._replace(path=path if path.endswith("/v1") else path + "/v1", fragment="")
     url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
@@ -84,33 +87,13 @@ class _Redact(logging.Filter):
         secrets = [s for client in list(_CLIENTS) for s in client._secrets]
         if secrets:
             text = record.getMessage()
-            clean = _scrub(text, secrets)
+            clean = scrub(text, secrets)
             if clean != text:
                 record.msg, record.args = clean, None
         return True
 
 
 _REDACT = _Redact()
-
-
-def _within(seconds: float, fn):
-    """``fn()`` in a daemon thread; TimeoutError when it is not done in ``seconds`` (whatever the server does)."""
-    box: dict = {}
-
-    def work():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # handed to the caller
-            box["error"] = e
-
-    worker = threading.Thread(target=work, name="lora_helpers client call", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
-        raise TimeoutError(f"no answer in {seconds:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 class RoutedClient:
@@ -131,7 +114,8 @@ class RoutedClient:
         try:
             import openai
         except ImportError:
-            raise ServeError("RoutedClient needs the `openai` package: pip install openai") from None
+            raise ServeError("RoutedClient needs the `openai` package, which lora_helpers installs only on request: "
+                             'pip install "lora-helpers[client]" (or pip install openai).') from None
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
             raise AdapterError(f"timeout={timeout!r} is not a number of seconds: expected a positive number such "
                                f"as {DEFAULT_TIMEOUT_S:g} (the default).")
@@ -166,7 +150,7 @@ class RoutedClient:
 
     def _clean(self, text) -> str:
         """``text`` without the URL's credentials or the API key (a server may echo them)."""
-        return _scrub(str(text), self._secrets)
+        return scrub(str(text), self._secrets)
 
     def _not_openai(self, reply: str) -> ServeError:
         return ServeError(f"The server at {self.base_url} answered, but its reply is not a {reply} in OpenAI's "
@@ -178,7 +162,7 @@ class RoutedClient:
         quote credentials back in one)."""
         openai = self._openai
         try:
-            return _within(self.timeout, fn)
+            return within(fn, self.timeout, name="lora_helpers client call")
         except (TimeoutError, openai.APITimeoutError):
             failure = ServeError(f"The server at {self.base_url} did not answer within {self.timeout:g} s. Is it "
                                  "overloaded or stuck? For long generations pass a larger timeout= (seconds).")
@@ -203,7 +187,7 @@ class RoutedClient:
         try:
             yield
         except (self._openai.APIResponseValidationError, AttributeError, TypeError, KeyError, IndexError,
-                ValueError):
+                ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python reads
             raise self._not_openai(reply) from None
 
     def _served_or_unknown(self) -> str:

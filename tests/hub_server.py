@@ -4,7 +4,9 @@ tree, resolve). Runs in a thread on 127.0.0.1 (tests/http_scaffold.py); point th
 HF_ENDPOINT. ``faults`` makes a route fail: {"info" | "tree" | "resolve" | "create" | "preupload" | "commit":
 "500" | "cut" | "stall" | "drip" (a byte at a time from the status line) | "drip-body" (the head, then a byte
 at a time; a HEAD is answered as usual) | "echo:<status>" (an error quoting the request's Authorization header
-back)}. ``any_revision`` answers an unknown revision with main's commit, as a permissive mirror might.
+back) | "code:<status>:<X-Error-Code>" (e.g. "code:403:GatedRepo") | "slow:<seconds>" (resolve only: each file
+as it is, its body spread over that many seconds)}. ``any_revision`` answers an unknown revision with main's
+commit, as a permissive mirror might.
 """
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ class HubHandler(QuietHandler):
     def _fault(self, route: str, head: bool = False) -> bool:
         """Answer with the fault set for ``route`` (True), or do nothing (False)."""
         how = self.hub.faults.get(route)
-        if how == "drip-body" and head:
-            return False  # a HEAD has no body to drip: answered as usual
+        if how == "drip-body" and head or how and how.startswith("slow:"):
+            return False  # a HEAD has no body to drip: answered as usual; a slow body is sent by _resolve
         if how == "500":
             self._error(500, "InternalError", "Internal Error - We're working hard to fix this", head)
         elif how == "cut":
@@ -56,6 +58,10 @@ class HubHandler(QuietHandler):
             status = int(how[len("echo:"):])
             said = f"Invalid credentials: got Authorization: {self.headers.get('Authorization')}"
             self._error(status, "RepoNotFound" if status == 404 else "Echo", said, head)
+        elif how and how.startswith("code:"):
+            _, status, code = how.split(":")
+            self._user()  # records the token it was sent
+            self._error(int(status), code, f"{code}: refused by the stand-in Hub", head)
         return how is not None
 
     def _error(self, status, code, message, head=False, extra=None):
@@ -92,6 +98,8 @@ class HubHandler(QuietHandler):
             if m:
                 if self._fault(route, head):
                     return
+                if route == "resolve" and not head and self.hub.faults.get(route, "").startswith("slow:"):
+                    return self._resolve(*args(m))  # not under the lock: the other files come meanwhile
                 with self.hub.lock:
                     return getattr(self, "_" + route)(*args(m))
         self._error(404, "NotFound", f"no route for GET {path}", head)
@@ -127,8 +135,23 @@ class HubHandler(QuietHandler):
             if filename not in files:
                 return self._error(404, "EntryNotFound", f"{filename} not found", head, {"X-Repo-Commit": sha})
             data = files[filename]
-            self.send(200, data, {"X-Repo-Commit": sha, "ETag": f'"{git_sha(data)}"',
-                                  "Content-Type": "application/octet-stream"}, head)
+            headers = {"X-Repo-Commit": sha, "ETag": f'"{git_sha(data)}"', "Content-Type": "application/octet-stream"}
+            slow = self.hub.faults.get("resolve", "")
+            if slow.startswith("slow:") and not head:
+                return self.send_slowly(data, headers, float(slow.partition(":")[2]))
+            self.send(200, data, headers, head)
+
+    def send_slowly(self, data: bytes, headers: dict, seconds: float, pieces: int = 10):
+        """200 with ``data`` in ``pieces`` parts spread over ``seconds`` (a slow line, never a stall)."""
+        self.send_response(200)
+        for k, v in {**headers, "Content-Length": str(len(data))}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        step = -(-len(data) // pieces)
+        for i in range(0, len(data), step):
+            self.owner.stopping.wait(seconds / pieces)
+            self.wfile.write(data[i:i + step])
+            self.wfile.flush()
 
     def do_POST(self):
         path = unquote(urlsplit(self.path).path)

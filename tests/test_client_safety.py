@@ -15,6 +15,7 @@ from http_scaffold import LocalServer, QuietHandler
 
 import lora_helpers as lh
 from lora_helpers import client as client_module
+from lora_helpers.remote import scrub
 from lora_helpers.errors import AdapterError, AdapterNotServedError, ServeError
 
 USER, PASSWORD, QUERY_KEY, API_KEY = "alice", "s3cret-Passw0rd", "q-key-4c5e7a9b", "sk-api-key-never-shown-1234"
@@ -38,6 +39,10 @@ class Handler(QuietHandler):
             return self.stall()
         if fake.mode == "drip":
             return self.drip()
+        if fake.mode.startswith("nested:"):  # JSON nested deeper than Python's recursion limit, with that status
+            depth = 100_000
+            body = ('{"error": ' * depth + "1" + "}" * depth).encode()
+            return self.send(int(fake.mode.partition(":")[2]), body, {"Content-Type": "application/json"})
         if fake.mode == "echo":  # an error page that quotes everything it was sent
             return self.send(500, {"error": {"message": f"bad request {self.path} with "
                                                         f"Authorization: {self.headers.get('Authorization')}"}})
@@ -123,9 +128,14 @@ def test_a_bearer_key_quoted_back_is_not_shown(capsys, caplog):
     ("Authorization: Basic Ym9iOnB3MTIz", "Authorization: Basic ***"),
     ("authorization: bearer sk-abc.def", "authorization: bearer ***"),
     ("nothing secret at http://127.0.0.1:8000/v1?page=2", "nothing secret at http://127.0.0.1:8000/v1?page=2"),
+    ("token hf_abcdefghijklmnopqrstuvwxyz0123 quoted", "token hf_*** quoted"),
 ])
 def test_scrub(text, clean):
-    assert client_module._scrub(text) == clean
+    assert scrub(text) == clean
+
+
+def test_scrub_takes_out_the_secrets_given_longest_first():
+    assert scrub("a=pass1234 b=pass12345678", ["pass1234", "pass12345678", ""]) == "a=*** b=***"
 
 
 def test_base_url_shows_no_credentials_or_query_values():
@@ -157,3 +167,36 @@ def test_the_default_timeout_is_finite_and_at_most_a_minute():
 def test_a_bad_timeout_is_refused(bad):
     with pytest.raises(AdapterError, match="not a number of seconds"):
         lh.RoutedClient("http://127.0.0.1:1", json_route, timeout=bad)
+
+
+# ----------------------------------------------------------------------------- what a server or a caller may send
+
+def test_json_nested_deeper_than_python_can_read_is_a_serve_error():
+    with FakeServer(mode="nested:200") as fake:
+        client = lh.RoutedClient(fake.url, json_route, max_retries=0, timeout=10)
+        for call in (lambda: client.chat("x"), client.models):
+            with pytest.raises(ServeError, match="127.0.0.1.*not a .* in OpenAI's format") as e:
+                call()
+            assert "RecursionError" not in "".join(traceback.format_exception(e.value))
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://h:99999/v1", "http://u:pw-9876@[::1/v1", "ftp://h/v1",
+                                 "127.0.0.1:8000/v1", "http:///v1", ""])
+def test_a_base_url_that_is_no_url_is_refused_in_words(url):
+    with pytest.raises(AdapterError, match="(?s)base_url.*is not an http.s. URL.*http://127.0.0.1:8000/v1") as e:
+        lh.RoutedClient(url, json_route)
+    assert "pw-9876" not in str(e.value) and e.value.__cause__ is None and e.value.__context__ is None
+
+
+def test_the_extra_that_brings_openai_is_declared_and_named(monkeypatch):
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    extras = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert "openai" in {Requirement(r).name for r in extras["client"]}
+    monkeypatch.setitem(sys.modules, "openai", None)  # not installed
+    with pytest.raises(ServeError, match=r"pip install .lora-helpers\[client\]."):
+        lh.RoutedClient("http://127.0.0.1:1", json_route)

@@ -324,3 +324,30 @@ def test_tables_render_the_rows_they_are_given():
     assert "<th style='text-align:left;vertical-align:top'>json</th>" in html
     assert "<pre style='white-space:pre-wrap'>&lt;b&gt;\n1. да</pre>" in html
     assert tables.markdown([], {"a": "A"}) == "| A |\n|---|"
+
+
+# ----------------------------------------------------------------------------- what a caller may pass
+
+@pytest.mark.parametrize("code", [None, 123, b"assert True", ["assert True"]])
+def test_code_that_is_no_text_is_refused_in_words(code):
+    from lora_helpers.errors import AdapterError
+    with pytest.raises(AdapterError, match="code must be a str.*got " + type(code).__name__):
+        run_snippet(code)
+    with pytest.raises(AdapterError, match="reply must be a str"):
+        run_reply(code)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, 0.0, float("nan"), float("inf"), "5", True, None])
+def test_a_timeout_that_is_no_positive_number_is_refused(timeout):
+    from lora_helpers.errors import AdapterError
+    with pytest.raises(AdapterError, match=r"timeout=.* is not a number of seconds.*e\.g\. 5"):
+        run_snippet("assert True", timeout)
+
+
+def test_a_lone_surrogate_is_refused_and_located():
+    """Python source cannot hold one (it is no character): said, with where it is, instead of a UnicodeError."""
+    from lora_helpers.errors import AdapterError
+    with pytest.raises(AdapterError, match=r"U\+D800 at line 2, column 6") as e:
+        run_snippet("x = 1\ns = '\ud800'\nassert s")
+    assert isinstance(e.value, ValueError) and e.value.__cause__ is None
+    assert run_snippet("s = 'ок \U0001F600'\nassert len(s) == 4")  # real characters beyond the BMP still run

@@ -221,9 +221,9 @@ def test_a_token_the_hub_quotes_back_never_shows_in_an_upload(hub, model, capsys
 
 def test_the_echo_server_does_quote_the_token(published):
     """The two tests above prove something only if the server really sends the token back."""
-    import httpx2
+    from huggingface_hub import get_session  # its HTTP client: httpx2 from huggingface_hub 2, httpx before
     published.faults["info"] = "echo:401"
-    reply = httpx2.get(f"{published.url}/api/models/alice/json", headers={"Authorization": f"Bearer {TOKEN}"})
+    reply = get_session().get(f"{published.url}/api/models/alice/json", headers={"Authorization": f"Bearer {TOKEN}"})
     assert TOKEN in reply.text and TOKEN in reply.headers["X-Error-Message"]
 
 
@@ -283,3 +283,109 @@ def test_a_colab_secret_is_read_here_only_where_huggingface_hub_does_not(monkeyp
     asked.clear()
     monkeypatch.setattr(huggingface_hub.utils, "is_google_colab", lambda: True)  # it sees Colab: it asked already
     assert lh.find_token() is None and asked == []
+
+
+# ----------------------------------------------------------------------------- a retry after a deadline works
+
+@pytest.mark.parametrize("route, how", [("resolve", "stall"), ("resolve", "drip-body"), ("info", "stall"),
+                                        ("tree", "stall")])
+def test_a_retry_works_once_the_hub_answers_again(published, monkeypatch, route, how):
+    """The call that passed its deadline must not keep the cache's file lock, nor leave its thread running.
+
+    (A head sent a byte at a time is the one case whose thread lives on until the head is complete: no read
+    waits, and no byte of the body has come to stop at; it holds no file lock meanwhile.)"""
+    monkeypatch.setenv("LORA_HUB_TIMEOUT", str(LIMIT))
+    published.faults[route] = how
+    with pytest.raises(StorageError, match="did not answer in time"):
+        lh.resolve_adapter("hub:alice/json")
+    published.faults.clear()  # the server is back (the stalled handler itself still hangs)
+    folder = lh.resolve_adapter("hub:alice/json")
+    assert (folder / "adapter_config.json").is_file()
+    assert not hub_threads() and not published.stopping.is_set()
+
+
+# ----------------------------------------------------------------------------- bases under the same policy
+
+@pytest.fixture
+def hub_base(hub, tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    """The tiny model as a private Hub model repository 'alice/tiny' (files put in place on the stand-in).
+
+    huggingface_hub's endpoint constants point at the stand-in too, so that code which does not pass
+    ``endpoint=`` (transformers' own download, as load_base used) also reaches it."""
+    import huggingface_hub.constants as C
+    from hub_server import Repo, git_sha
+    monkeypatch.setattr(C, "ENDPOINT", hub.url)
+    monkeypatch.setattr(C, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    folder = tmp_path / "tiny_model"
+    tiny_model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    repo = hub.repos["alice/tiny"] = Repo(private=True)
+    files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    files["consolidated.safetensors"] = b"a second copy of the weights, never downloaded"
+    sha = git_sha(b"alice/tiny")
+    repo.commits[sha], repo.branches["main"] = files, sha
+    return hub
+
+
+def base_files(hub):
+    return {path.rpartition("/")[2] for method, path in hub.requests if "/resolve/" in path and method == "GET"}
+
+
+def test_a_hub_base_loads_with_the_token_find_token_finds(hub_base, monkeypatch):
+    found = []
+    monkeypatch.setattr(hub_module, "find_token", lambda token=None: found.append(token) or token or TOKEN)
+    model, tok = lh.load_base("alice/tiny", device="cpu")
+    assert model.name_or_path == "alice/tiny" and tok.padding_side == "left"
+    assert found == [None] and set(hub_base.auth_seen) == {TOKEN}
+    assert "consolidated.safetensors" not in base_files(hub_base) and "model.safetensors" in base_files(hub_base)
+
+
+@pytest.mark.parametrize("route", ["info", "resolve"])
+def test_a_stalled_base_download_ends_within_the_limit(hub_base, monkeypatch, route):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("LORA_HUB_TIMEOUT", str(LIMIT))
+    hub_base.faults[route] = "stall"
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match="(?s)download the base model 'alice/tiny'.*sent nothing for 2 s.*"
+                                           "LORA_HUB_TIMEOUT") as e:
+        lh.load_base("alice/tiny", device="cpu")
+    assert time.monotonic() - t0 < LIMIT + SLACK
+    assert e.value.__cause__ is None and e.value.__context__ is None
+
+
+def test_a_base_download_that_keeps_receiving_is_not_cut(hub_base, monkeypatch):
+    """For a multi-GB base the limit is a stall limit: bytes that keep coming may take longer than it in all."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("LORA_HUB_TIMEOUT", "1")
+    hub_base.faults["resolve"] = "slow:3"
+    t0 = time.monotonic()
+    model, _ = lh.load_base("alice/tiny", device="cpu")
+    assert time.monotonic() - t0 > 3 and model.name_or_path == "alice/tiny"
+
+
+@pytest.mark.parametrize("route, status", [("info", 401), ("info", 403), ("resolve", 401), ("resolve", 403)])
+def test_a_token_the_hub_quotes_back_never_shows_in_a_base_download(hub_base, monkeypatch, capsys, caplog, route,
+                                                                    status):
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="huggingface_hub")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    hub_base.faults[route] = f"echo:{status}"
+    with pytest.raises(AdapterError) as e:
+        lh.load_base("alice/tiny", device="cpu")
+    text = shown(e.value, capsys, caplog)
+    assert "alice/tiny" in str(e.value)
+    assert TOKEN not in text and TOKEN[3:] not in text, text
+    assert e.value.__cause__ is None and e.value.__context__ is None
+
+
+def test_a_gated_official_mistral_says_what_to_do(hub, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    hub.faults["info"] = "code:403:GatedRepo"
+    with pytest.raises(lh.BaseModelError, match=r"(?s)gated mistralai/Mistral-7B-Instruct-v0\.3 without a token.*"
+                                                r"accept its terms.*HF_TOKEN.*load_base\('mistral-7b'\)") as e:
+        lh.load_base("mistral-7b-official")
+    assert e.value.__cause__ is None and e.value.__context__ is None
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with pytest.raises(lh.BaseModelError, match="with the token given"):
+        lh.load_base("mistral-7b-official")
+    assert hub.auth_seen[-1] == TOKEN

@@ -109,7 +109,7 @@ def test_a_failed_download_is_a_clear_error(fake_t4, monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(lh.BaseModelError, match=r"Could not download 'unsloth/.*ConnectionError: no network.*network"):
+    with pytest.raises(lh.StorageError, match=r"Could not download the base model 'unsloth/.*ConnectionError"):
         lh.load_base("auto")
 
 
@@ -120,24 +120,17 @@ def test_a_gpu_with_native_bf16_keeps_bf16(fake_t4, monkeypatch):
     assert kw["dtype"] == torch.bfloat16 and kw["config"].quantization_config["bnb_4bit_compute_dtype"] == "bfloat16"
 
 
-def test_the_official_repository_is_its_own_preset_without_a_silent_fallback(fake_t4, monkeypatch):
-    from transformers import AutoModelForCausalLM
-
-    def gated(repo, **kw):
-        fake_t4.append(("model", repo, kw))
-        raise OSError(f"You are trying to access a gated repo. Access to model {repo} is restricted.")
-
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", gated)
-    with pytest.raises(lh.BaseModelError, match=r"gated mistralai/Mistral-7B-Instruct-v0\.3 without a token.*"
-                                                r"HF_TOKEN.*load_base\('mistral-7b'\)"):
-        lh.load_base("mistral-7b-official")
-    assert [repo for _, repo, _ in fake_t4] == [base.MISTRAL_NAME]  # nothing else tried
-    kw = fake_t4[0][2]
-    assert kw["quantization_config"].bnb_4bit_compute_dtype == torch.float16  # quantized at load, fp16 on a T4
+def test_the_official_repository_is_its_own_preset_without_a_silent_fallback(fake_t4, prequantized, monkeypatch):
+    """Downloaded (with the token find_token finds), then quantized at load; a refusal is an error, not a fallback
+    (tests/test_hub_safety.py: test_a_gated_official_mistral_says_what_to_do)."""
     monkeypatch.setenv("HF_TOKEN", "hf_x")
-    with pytest.raises(lh.BaseModelError, match="with the token given"):
-        lh.load_base("mistral-7b-official")
-    assert fake_t4[-1][2]["token"] == "hf_x"
+    model, _ = lh.load_base("mistral-7b-official")
+    assert [(kind, repo) for kind, repo, _ in fake_t4][:2] == [("download", base.MISTRAL_NAME),
+                                                               ("model", str(prequantized))]
+    assert fake_t4[0][2]["token"] == "hf_x"
+    kw = fake_t4[1][2]
+    assert kw["quantization_config"].bnb_4bit_compute_dtype == torch.float16  # quantized at load, fp16 on a T4
+    assert model.name_or_path == base.MISTRAL_NAME
 
 
 def test_presets_name_both_mistral_builds_and_the_variable_accepts_them(monkeypatch):

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from dataclasses import dataclass
 
+from ..errors import AdapterError
 from ..tables import EMPTY, markdown
 from ..shipped import BEHAVIOURS, demo_sources, load_examples
 from .sandbox import SNIPPET, run_python
@@ -128,6 +130,10 @@ def run_snippet(code: str, timeout: float = RUN_TIMEOUT_S) -> Verdict:
     (seccomp). Where it does not, those are NOT blocked — ``str(sandbox.capabilities())`` says which hold
     here. Reading files is never blocked. Not a boundary against a determined attacker.
     """
+    _check_text(code, "code")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise AdapterError(f"timeout={timeout!r} is not a number of seconds: expected a positive number, e.g. "
+                           f"{RUN_TIMEOUT_S:g} (the default).")
     r = run_python(code, timeout)
     if r.timed_out:
         return _fail(f"timed out after {timeout:g} s")
@@ -135,6 +141,20 @@ def run_snippet(code: str, timeout: float = RUN_TIMEOUT_S) -> Verdict:
         last = (r.stderr.strip().splitlines() or ["?"])[-1]
         return Verdict(False, f"exit code {r.returncode}: {last}", False, _raising_line(code, r.stderr))
     return Verdict(True)
+
+
+def _check_text(value, what: str) -> None:
+    """``value`` is a str that can be written as UTF-8 (no lone surrogate, which is no character)."""
+    if not isinstance(value, str):
+        raise AdapterError(f"{what} must be a str, got {type(value).__name__}: pass the text itself (bytes: "
+                           "decode them first), e.g. run_snippet('assert 1 + 1 == 2').")
+    bad = next((i for i, ch in enumerate(value) if "\ud800" <= ch <= "\udfff"), None)
+    if bad is not None:
+        line = value.count("\n", 0, bad) + 1
+        column = bad - value.rfind("\n", 0, bad)
+        raise AdapterError(f"{what} holds a lone surrogate U+{ord(value[bad]):04X} at line {line}, column {column}: "
+                           "that is no character, so no file can hold it. Decode the text with "
+                           "errors='replace' (or remove it) and run it again.")
 
 
 def _raising_line(code: str, stderr: str) -> str:
@@ -156,6 +176,7 @@ def run_reply(reply: str, timeout: float = RUN_TIMEOUT_S) -> Verdict:
     and ``form=False``; else it is the snippet's Verdict with ``form=True``. ``print(run_reply(reply))``
     shows one line, e.g. ``passed`` or ``failed: exit code 1: AssertionError (line 6: assert f(1) == 2)``.
     """
+    _check_text(reply, "reply")
     m = _PY_BLOCK.search(reply)
     if not m:
         return _fail("no ```python block in the reply")
