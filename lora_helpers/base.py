@@ -197,16 +197,21 @@ def gpu_half():
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
-def _bnb_config(device: str, compute: torch.dtype | None = None):
-    """bitsandbytes nf4 for any device, computing in ``compute``; by default float32 on the CPU, bf16/fp16 on a
-    GPU."""
+def _require_bitsandbytes() -> None:
     try:
         import bitsandbytes  # noqa: F401  (fails here, not deep inside transformers)
-        from transformers import BitsAndBytesConfig
     except Exception as e:  # ImportError, or a broken native library
         raise BaseModelError(
             f"4-bit loading needs bitsandbytes, which could not be imported ({type(e).__name__}: {e}). "
             'Install it with: pip install "bitsandbytes>=0.48" (CPU or CUDA; not on macOS/ARM).') from e
+
+
+def _bnb_config(device: str, compute: torch.dtype | None = None):
+    """bitsandbytes nf4 for any device, computing in ``compute``; by default float32 on the CPU, bf16/fp16 on a
+    GPU."""
+    _require_bitsandbytes()
+    from transformers import BitsAndBytesConfig
+
     compute = compute or (gpu_half() if device.startswith("cuda") else torch.float32)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute)
@@ -215,14 +220,20 @@ def _bnb_config(device: str, compute: torch.dtype | None = None):
 def load_4bit(source: str, device: str, token: str | None = None, compute: torch.dtype | None = None):
     """The one 4-bit path: ``source`` (a folder or a Hub id) quantized to nf4 by bitsandbytes on ``device``,
     computing in ``compute`` (default: the device's, see :func:`_bnb_config`)."""
+    if not Path(source).is_dir():  # checked, downloaded (a Hub failure says so before any GPU check), then loaded
+        from . import hub
+
+        _require_bitsandbytes()  # before a multi-GB download, not after it
+
+        model, tok = load_4bit(str(hub.download_base(source, token)), device, compute=compute)
+        model.name_or_path = model.config.name_or_path = source  # the Hub id: adapters record it as their base
+        return model, tok
     config = _bnb_config(device, compute)
     dtype = config.bnb_4bit_compute_dtype  # the layers that stay unquantized (embeddings, norms, lm_head) too
     kw = {"quantization_config": config, "device_map": {"": device}}
-    if Path(source).is_dir():
-        if Path(source) == embedded_target():
-            return _load_embedded(device, dtype, **kw)
-        return _load_folder(Path(source), device, dtype, **kw)
-    return _load_hub(source, device, dtype, token, **kw)
+    if Path(source) == embedded_target():
+        return _load_embedded(device, dtype, **kw)
+    return _load_folder(Path(source), device, dtype, **kw)
 
 
 def load_prequantized_4bit(source: str, device: str, token: str | bool | None = None):
