@@ -102,6 +102,10 @@ def _base_path(model_or_folder) -> tuple[str, str]:
         return str(b.embedded_folder()), b.EMBEDDED_NAME
     if name == "mistral-7b":
         return b.MISTRAL_NAME, b.MISTRAL_NAME
+    if name == "smollm2-135m-4bit-fp16":
+        raise AdapterError(f"{name!r} is quantized to nf4 in this process (for tests of T4 numerics), not a model "
+                           "vLLM loads: serve 'smollm2-135m', on a GPU with quantization='bitsandbytes', "
+                           "dtype='float16' for the same numerics.")
     path = Path(name).expanduser()
     if _is(path, Path.exists):  # a folder, or a GGUF file
         return str(path.resolve()), path.name
