@@ -125,6 +125,15 @@ def _batches(rows, batch_size: int, steps: int, seed: int):
         yield [rows[i] for i in order[s * batch_size:(s + 1) * batch_size]]
 
 
+def _unpack_cpu_4bit(model) -> None:
+    """bitsandbytes (0.49+, CPUs with AVX512-BF16) repacks 4-bit weights for its inference kernel on the first
+    no-grad forward, and keeps using that kernel, which passes no gradient: an adapter trained after any
+    generation would not learn. bitsandbytes' own ``state_dict()`` of such a layer restores the plain layout."""
+    for module in model.modules():
+        if getattr(getattr(getattr(module, "weight", None), "quant_state", None), "packing_format_for_cpu", False):
+            module.state_dict()
+
+
 def _attach(model, name: str, config):
     """Add a new adapter ``name``: to an existing PeftModel, or wrap a plain (maybe 4-bit) base."""
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -169,6 +178,7 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         bias="none", task_type="CAUSAL_LM")
     model = _attach(model, name, config)
+    _unpack_cpu_4bit(model)
     params = [p for n, p in model.named_parameters() if p.requires_grad and f".{name}." in n]
     if not params:
         raise AdapterError(f"Adapter {name!r} has no trainable parameters: check target_modules={target_modules}.")
