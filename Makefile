@@ -38,6 +38,7 @@ test: setup
 	$(PY) -m pytest -q tests --nbval-lax $(BUILD)/notebooks-test/*.ipynb --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		-p no:cacheprovider
 	$(MAKE) --no-print-directory test-4bit
+	$(MAKE) --no-print-directory test-t4-numerics
 	$(MAKE) --no-print-directory test-wheel
 
 # The package as a user installs it: build the wheel, install it (no deps: .venv has them) into a folder of
@@ -58,6 +59,13 @@ test-4bit: setup
 	$(PY) tools/notebooks_for_base.py $(BUILD)/notebooks-4bit TRAIN_STEPS=2
 	LORA_HELPERS_BASE=smollm2-135m-4bit LORA_HELPERS_DEMO_TRAIN=2 $(PY) -m pytest -q -p no:cacheprovider \
 		--nbval-lax $(BUILD)/notebooks-4bit/*.ipynb --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+# What a Colab T4 computes (nf4 with fp16 compute, fp16 embeddings, norms and head), on any machine: each step
+# on the embedded base at short lengths, and every notebook on a small random model of its architecture, with
+# a check that fails any forward pass giving inf or NaN (tests_t4/).
+.PHONY: test-t4-numerics
+test-t4-numerics: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests_t4
 
 test-unit: setup
 	$(PY) -m pytest -q tests -m "not real"

@@ -46,6 +46,9 @@ PRESETS = {
                            EMBEDDED_NAME),
     "smollm2-135m-4bit": Preset(f"{EMBEDDED_NAME} quantized to nf4 by bitsandbytes at load time, on the CPU or a "
                                 "GPU (the same 4-bit path as Mistral-7B on a T4)", EMBEDDED_NAME, nf4="load"),
+    "smollm2-135m-4bit-fp16": Preset(f"{EMBEDDED_NAME} in nf4 computing in fp16, its unquantized layers "
+                                     "(embeddings, norms, head) fp16 too: what a T4 computes, on the CPU (slowly: for "
+                                     "tests) or a GPU", EMBEDDED_NAME, nf4="load", compute=torch.float16),
     "mistral-7b": Preset(f"Mistral-7B-Instruct-v0.3 pre-quantized to nf4 ({MISTRAL_4BIT}: ~4 GB download, "
                          "ungated, no token; needs a CUDA GPU; computes in fp16 on a T4, bf16 where the GPU has "
                          "it natively)", MISTRAL_4BIT, nf4="stored", gpu=True),
@@ -73,8 +76,9 @@ def load_base(preset: str = "auto", device: str | None = None, dtype: torch.dtyp
     """Load a base model and its tokenizer: ``model, tok = load_base()``.
 
     ``preset``: "auto" (``LORA_HELPERS_BASE`` when set, else the embedded SmolLM2 on CPU and "mistral-7b" on
-    CUDA); a name in ``PRESETS``: "smollm2-135m", "smollm2-135m-4bit", "mistral-7b" (the ungated nf4 build, no
-    token), "mistral-7b-official" (the gated original, token needed); a local folder or a Hub model id.
+    CUDA); a name in ``PRESETS``: "smollm2-135m", "smollm2-135m-4bit",
+    "smollm2-135m-4bit-fp16" (what a T4 computes), "mistral-7b" (the ungated nf4 build, no token),
+    "mistral-7b-official" (the gated original, token needed); a local folder or a Hub model id.
     ``device``: "cpu", "cuda" or "cuda:N" (default: a CUDA GPU when there is one). ``dtype``: a floating
     torch dtype for full-precision bases. Each call returns a fresh model.
     """
