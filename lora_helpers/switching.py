@@ -129,24 +129,28 @@ def _switch_one(model, name: str) -> bool:
     """``enable_adapter_layers()`` + ``set_adapter(name, inference_mode=True)``; True when this changed what runs
     and ``name`` is untrained (lora_B all zero).
 
-    Where the shortcuts are proven (``SHORTCUTS``), in one walk over the modules: each layer gets the same
-    layer-level calls PEFT's two methods make, in the same order, and a layer that already runs only ``name`` with
-    every adapter weight frozen is left alone (the call would change nothing there). Wrappers (modules_to_save,
-    trainable tokens), merged layers and prompt learning take PEFT's model-level calls: which adapters a wrapper
-    holds has no public reader. Elsewhere PEFT's two calls, as they are.
+    Without the shortcuts: PEFT's two calls as they are, and a read-only walk only when ``name`` runs already
+    (to see whether anything changes). With them (``SHORTCUTS``), one walk over the modules: each layer gets the
+    same layer-level calls PEFT's two methods make, in the same order, and a layer that already runs only ``name``
+    with every adapter weight frozen is left alone (the call would change nothing there). Wrappers
+    (modules_to_save, trainable tokens), merged layers and prompt learning take PEFT's model-level calls: which
+    adapters a wrapper holds has no public reader.
     """
     tuner = model.base_model
-    layers = list(_adapter_modules(model))  # the one walk (read only)
-    disabled = any(m.disable_adapters for m in layers)
-    changed = (disabled or model.active_adapter != name or tuner.active_adapter != name
-               or any(isinstance(m, BaseTunerLayer) and m.active_adapters != [name] for m in layers))
     if not SHORTCUTS:
+        again = model.active_adapter == name and tuner.active_adapter == name
+        layers = list(_adapter_modules(model)) if again else None  # else untrained() walks, stopping early
+        changed = not again or _runs_other(layers, name)
         tuner.enable_adapter_layers()
-    elif disabled:
+        model.set_adapter(name, inference_mode=True)
+        return changed and untrained(model, name, layers)
+    layers = list(_adapter_modules(model))  # the one walk
+    disabled = any(m.disable_adapters for m in layers)
+    changed = model.active_adapter != name or tuner.active_adapter != name or _runs_other(layers, name)
+    if disabled:
         for m in layers:  # what enable_adapter_layers() does, on the modules at hand
             m.enable_adapters(True)
-    if (not SHORTCUTS or model.peft_config[name].is_prompt_learning
-            or any(not isinstance(m, BaseTunerLayer) or m.merged for m in layers)):
+    if model.peft_config[name].is_prompt_learning or any(not isinstance(m, BaseTunerLayer) or m.merged for m in layers):
         model.set_adapter(name, inference_mode=True)
     else:
         for m in layers:
@@ -156,6 +160,11 @@ def _switch_one(model, name: str) -> bool:
         model.active_adapter = name
         tuner.active_adapter = name
     return changed and untrained(model, name, layers)
+
+
+def _runs_other(layers, name: str) -> bool:
+    """True when a layer is switched off or runs other adapters than ``name`` alone."""
+    return any(m.disable_adapters or (isinstance(m, BaseTunerLayer) and m.active_adapters != [name]) for m in layers)
 
 
 def _settled(layer, name: str) -> bool:
