@@ -51,8 +51,10 @@ def shortcuts_proven(version: str) -> bool:
 
 # The shortcuts rely on how PEFT 0.20-0.21 implement their public methods (not on what they document):
 # enable_adapter_layers() and set_adapter() made of the layers' own calls in one walk, skipped where they would
-# change nothing. Elsewhere switch makes PEFT's model-level calls (slower, exact by construction).
+# change nothing. Elsewhere switch makes PEFT's model-level calls (exact by construction); on a tested release
+# it leaves out enable_adapter_layers() where that provably changes nothing (``_enable_is_moot``).
 SHORTCUTS = shortcuts_proven(peft.__version__)
+TESTED = peft_tested(peft.__version__)
 
 
 def _adapter_modules(model):
@@ -129,8 +131,8 @@ def _switch_one(model, name: str) -> bool:
     """``enable_adapter_layers()`` + ``set_adapter(name, inference_mode=True)``; True when this changed what runs
     and ``name`` is untrained (lora_B all zero).
 
-    Without the shortcuts: PEFT's two calls as they are, and a read-only walk only when ``name`` runs already
-    (to see whether anything changes). With them (``SHORTCUTS``), one walk over the modules: each layer gets the
+    Without the shortcuts: a read-only walk, then PEFT's two calls (on a tested release the first only where it
+    is not moot, see ``_read``). With them (``SHORTCUTS``), one walk over the modules: each layer gets the
     same layer-level calls PEFT's two methods make, in the same order, and a layer that already runs only ``name``
     with every adapter weight frozen is left alone (the call would change nothing there). Wrappers
     (modules_to_save, trainable tokens), merged layers and prompt learning take PEFT's model-level calls: which
@@ -138,10 +140,10 @@ def _switch_one(model, name: str) -> bool:
     """
     tuner = model.base_model
     if not SHORTCUTS:
-        again = model.active_adapter == name and tuner.active_adapter == name
-        layers = list(_adapter_modules(model)) if again else None  # else untrained() walks, stopping early
-        changed = not again or _runs_other(layers, name)
-        tuner.enable_adapter_layers()
+        layers, moot = _read(model)  # one read-only walk
+        changed = model.active_adapter != name or tuner.active_adapter != name or _runs_other(layers, name)
+        if not (TESTED and moot):
+            tuner.enable_adapter_layers()
         model.set_adapter(name, inference_mode=True)
         return changed and untrained(model, name, layers)
     layers = list(_adapter_modules(model))  # the one walk
@@ -160,6 +162,26 @@ def _switch_one(model, name: str) -> bool:
         model.active_adapter = name
         tuner.active_adapter = name
     return changed and untrained(model, name, layers)
+
+
+def _read(model):
+    """(the adapter modules, whether ``enable_adapter_layers()`` is moot before ``set_adapter(name,
+    inference_mode=True)``). It is when no adapter layer is off, no wrapper (modules_to_save, trainable tokens) is
+    there, every module is in eval mode and each layer has BaseTunerLayer's own calls: on the tested releases its
+    ``enable_adapters(True)`` then only re-sets its active adapters' requires_grad (set_adapter sets them all
+    again) and their train mode (PEFT 0.22: to the layer's, which is eval already)."""
+    layers, moot = [], True
+    for m in model.modules():
+        moot = moot and not m.training
+        if isinstance(m, _ADAPTER_MODULES):
+            layers.append(m)
+            moot = moot and isinstance(m, BaseTunerLayer) and not m.disable_adapters and _own_calls(type(m))
+    return layers, moot
+
+
+def _own_calls(cls) -> bool:
+    """True when the layer class keeps BaseTunerLayer's own ``enable_adapters`` and ``set_adapter``."""
+    return cls.enable_adapters is BaseTunerLayer.enable_adapters and cls.set_adapter is BaseTunerLayer.set_adapter
 
 
 def _runs_other(layers, name: str) -> bool:
