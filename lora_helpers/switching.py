@@ -28,17 +28,33 @@ from .names import BASE, require_loaded
 _ADAPTER_MODULES = (BaseTunerLayer, AuxiliaryTrainingWrapper)  # what PEFT's own enable/disable walk reaches
 
 
-def peft_tested(version: str) -> bool:
-    """True for the PEFT releases this module's layer-level shortcuts were tested against (0.20 and 0.21)."""
+def _minor(version: str):
     m = re.fullmatch(r"(\d+)\.(\d+)\.\d+(\.post\d+)?", version)
-    return bool(m) and (0, 20) <= (int(m.group(1)), int(m.group(2))) <= (0, 21)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-# Three shortcuts rely on how PEFT 0.20-0.21 implement their public methods (not on what they document):
-# enable_adapter_layers() and set_adapter() made of the layers' own calls in one walk (skipped where they would
-# change nothing), and putting back each layer's own state after a temporary switch. Outside that range only the
-# model-level calls are used (slower; a partly-disabled model comes back wholly enabled or wholly disabled).
-TESTED_PEFT = peft_tested(peft.__version__)
+def peft_tested(version: str) -> bool:
+    """True for the PEFT releases CI runs the switching property test on (0.20 to 0.22): there ``switch`` and
+    ``temporary_switch`` are proven to leave exactly PEFT's own state. Later releases are allowed; ``switch`` then
+    makes only PEFT's model-level calls (``shortcuts_proven``)."""
+    minor = _minor(version)
+    return minor is not None and (0, 20) <= minor <= (0, 22)
+
+
+def shortcuts_proven(version: str) -> bool:
+    """True where ``switch``'s layer-level shortcuts are proven exact: PEFT 0.20 and 0.21. From 0.22 on, a layer's
+    ``set_adapter`` and ``enable_adapters`` also set the train/eval mode of its adapters' modules, which the
+    shortcuts (skipping calls that would change nothing) would leave behind."""
+    minor = _minor(version)
+    return minor is not None and (0, 20) <= minor <= (0, 21)
+
+
+# The shortcuts rely on how PEFT 0.20-0.21 implement their public methods (not on what they document):
+# enable_adapter_layers() and set_adapter() made of the layers' own calls in one walk, skipped where they would
+# change nothing. Elsewhere switch makes PEFT's model-level calls (exact by construction); on a tested release
+# it leaves out enable_adapter_layers() where that provably changes nothing (``_enable_is_moot``).
+SHORTCUTS = shortcuts_proven(peft.__version__)
+TESTED = peft_tested(peft.__version__)
 
 
 def _adapter_modules(model):
@@ -65,7 +81,7 @@ def _targets(model, name) -> list[str]:
 
 
 def _enable(model) -> None:
-    if not TESTED_PEFT or adapters_disabled(model):
+    if not SHORTCUTS or adapters_disabled(model):
         model.base_model.enable_adapter_layers()
 
 
@@ -105,35 +121,65 @@ def switch(model, name) -> None:
 
 
 def _switch_one(model, name: str) -> bool:
-    """``enable_adapter_layers()`` + ``set_adapter(name, inference_mode=True)`` in one walk over the modules;
-    True when this changed what runs and ``name`` is untrained (lora_B all zero).
+    """``enable_adapter_layers()`` + ``set_adapter(name, inference_mode=True)``; True when this changed what runs
+    and ``name`` is untrained (lora_B all zero).
 
-    On the tested PEFT versions each layer gets the same layer-level calls PEFT's two methods make, in the same
-    order, and a layer that already runs only ``name`` with every adapter weight frozen is left alone (the call
-    would change nothing there). Wrappers (modules_to_save, trainable tokens), merged layers and prompt learning
-    take PEFT's model-level calls: which adapters a wrapper holds has no public reader.
+    Without the shortcuts: a read-only walk, then PEFT's two calls (on a tested release the first only where it
+    is not moot, see ``_read``). With them (``SHORTCUTS``), one walk over the modules: each layer gets the
+    same layer-level calls PEFT's two methods make, in the same order, and a layer that already runs only ``name``
+    with every adapter weight frozen is left alone (the call would change nothing there). Wrappers
+    (modules_to_save, trainable tokens), merged layers and prompt learning take PEFT's model-level calls: which
+    adapters a wrapper holds has no public reader.
     """
     tuner = model.base_model
+    if not SHORTCUTS:
+        layers, moot = _read(model)  # one read-only walk
+        changed = model.active_adapter != name or tuner.active_adapter != name or _runs_other(layers, name)
+        if not (TESTED and moot):
+            tuner.enable_adapter_layers()
+        model.set_adapter(name, inference_mode=True)
+        return changed and untrained(model, name, layers)
     layers = list(_adapter_modules(model))  # the one walk
-    changed = any(m.disable_adapters for m in layers)
-    if not TESTED_PEFT:
-        tuner.enable_adapter_layers()
-    elif changed:
+    disabled = any(m.disable_adapters for m in layers)
+    changed = model.active_adapter != name or tuner.active_adapter != name or _runs_other(layers, name)
+    if disabled:
         for m in layers:  # what enable_adapter_layers() does, on the modules at hand
             m.enable_adapters(True)
-    if (not TESTED_PEFT or model.peft_config[name].is_prompt_learning
-            or any(not isinstance(m, BaseTunerLayer) or m.merged for m in layers)):
+    if model.peft_config[name].is_prompt_learning or any(not isinstance(m, BaseTunerLayer) or m.merged for m in layers):
         model.set_adapter(name, inference_mode=True)
-        return untrained(model, name, layers)
-    changed = changed or model.active_adapter != name or tuner.active_adapter != name
-    for m in layers:
-        if isinstance(m, tuner.tuner_layer_cls) and not _settled(m, name):
-            m.set_adapter(name, inference_mode=True)
-            changed = True
-    # what PEFT's set_adapter records beside the layers: the same public attributes, set as it sets them
-    model.active_adapter = name
-    tuner.active_adapter = name
+    else:
+        for m in layers:
+            if isinstance(m, tuner.tuner_layer_cls) and not _settled(m, name):
+                m.set_adapter(name, inference_mode=True)
+        # what PEFT's set_adapter records beside the layers: the same public attributes, set as it sets them
+        model.active_adapter = name
+        tuner.active_adapter = name
     return changed and untrained(model, name, layers)
+
+
+def _read(model):
+    """(the adapter modules, whether ``enable_adapter_layers()`` is moot before ``set_adapter(name,
+    inference_mode=True)``). It is when no adapter layer is off, no wrapper (modules_to_save, trainable tokens) is
+    there, every module is in eval mode and each layer has BaseTunerLayer's own calls: on the tested releases its
+    ``enable_adapters(True)`` then only re-sets its active adapters' requires_grad (set_adapter sets them all
+    again) and their train mode (PEFT 0.22: to the layer's, which is eval already)."""
+    layers, moot = [], True
+    for m in model.modules():
+        moot = moot and not m.training
+        if isinstance(m, _ADAPTER_MODULES):
+            layers.append(m)
+            moot = moot and isinstance(m, BaseTunerLayer) and not m.disable_adapters and _own_calls(type(m))
+    return layers, moot
+
+
+def _own_calls(cls) -> bool:
+    """True when the layer class keeps BaseTunerLayer's own ``enable_adapters`` and ``set_adapter``."""
+    return cls.enable_adapters is BaseTunerLayer.enable_adapters and cls.set_adapter is BaseTunerLayer.set_adapter
+
+
+def _runs_other(layers, name: str) -> bool:
+    """True when a layer is switched off or runs other adapters than ``name`` alone."""
+    return any(m.disable_adapters or (isinstance(m, BaseTunerLayer) and m.active_adapters != [name]) for m in layers)
 
 
 def _settled(layer, name: str) -> bool:
@@ -162,39 +208,41 @@ def active_adapter(model):
 
 
 class SwitchState:
-    """What decides which adapter runs and what trains, read through PEFT's public properties.
+    """What decides which adapter runs and what trains, read through PEFT's and torch's public attributes.
 
-    ``SwitchState(model)`` records it; ``.restore(model)`` puts it back with PEFT's public methods.
+    ``SwitchState(model)`` records it; ``.restore(model)`` puts it back with PEFT's public methods (each layer's
+    own where layers disagree, as after a partial disable or a deletion), then each parameter's ``requires_grad``
+    and each module's train/eval mode (PEFT 0.22's ``set_adapter`` also sets the adapters' modules' mode).
     """
 
     def __init__(self, model):
         self.top = model.active_adapter  # PeftModel's own name (its set_adapter sets it)
         self.tuner = _copy(model.base_model.active_adapter)  # the tuner's (a list after set_adapter([...]))
-        self.off = adapters_disabled(model)
-        self.modules = [(m, _copy(m.active_adapter), m.disable_adapters) for m in _adapter_modules(model)]
+        self.modes = [(m, m.training) for m in model.modules()]
+        self.modules = [(m, _copy(m.active_adapter), m.disable_adapters)
+                        for m, _ in self.modes if isinstance(m, _ADAPTER_MODULES)]
+        self.off = any(off for _, _, off in self.modules)
         self.grads = [(p, p.requires_grad) for p in model.parameters()]
 
     def restore(self, model) -> None:
-        loaded, again = model.peft_config, not TESTED_PEFT  # untested PEFT: no layer-level repair below
-        if isinstance(self.top, str) and self.top in loaded and (again or model.active_adapter != self.top):
+        loaded = model.peft_config
+        if isinstance(self.top, str) and self.top in loaded and model.active_adapter != self.top:
             model.set_adapter(self.top, inference_mode=True)
         tuner = [self.tuner] if isinstance(self.tuner, str) else self.tuner
-        if tuner and all(n in loaded for n in tuner) and (again or model.base_model.active_adapter != self.tuner):
+        if tuner and all(n in loaded for n in tuner) and model.base_model.active_adapter != self.tuner:
             model.base_model.set_adapter(_copy(self.tuner), inference_mode=True)
-        if TESTED_PEFT:
-            for m, active, off in self.modules:  # each layer as it was, even a partly disabled model
-                names = [active] if isinstance(active, str) else active
-                if m.active_adapter != active and all(n in loaded for n in names):
-                    m.set_adapter(_copy(active), inference_mode=True)
-                if m.disable_adapters != off:
-                    m.enable_adapters(not off)
-        elif self.off:
-            model.base_model.disable_adapter_layers()
-        elif adapters_disabled(model):
-            model.base_model.enable_adapter_layers()
+        for m, active, off in self.modules:  # each layer as it was, even a partly disabled model
+            names = [active] if isinstance(active, str) else active
+            if m.active_adapter != active and all(n in loaded for n in names):
+                m.set_adapter(_copy(active), inference_mode=True)
+            if m.disable_adapters != off:
+                m.enable_adapters(not off)
         for p, grad in self.grads:
             if p.requires_grad != grad:
                 p.requires_grad_(grad)
+        for m, flag in self.modes:  # parents before children: a parent's train() resets them, then they are fixed
+            if m.training != flag:
+                m.train(flag)
 
 
 def _copy(active):

@@ -8,6 +8,7 @@ import copy
 import random
 import warnings
 
+import peft
 import pytest
 import torch
 from peft import IA3Config, LoHaConfig, LoraConfig, PeftModel, get_peft_model
@@ -261,17 +262,23 @@ def test_random_sequences_match_peft_alone(tiny_tokenizer, folders):
     assert (kinds.count("lora"), kinds.count("ia3"), kinds.count("loha")) == (28, 6, 6)
 
 
-def test_fallback_outside_tested_peft_versions(tiny_tokenizer, folders, monkeypatch):
-    """Outside the PEFT versions we tested, switching uses only PEFT's model-level calls, with the same result."""
-    monkeypatch.setattr(switching, "TESTED_PEFT", False)
+@pytest.mark.parametrize("tested", [True, False])
+def test_fallback_outside_tested_peft_versions(tiny_tokenizer, folders, monkeypatch, tested):
+    """Where the shortcuts are not proven, switching uses PEFT's model-level calls, with the same result (on a
+    tested release leaving out a moot enable_adapter_layers, on an untested one making both calls)."""
+    monkeypatch.setattr(switching, "SHORTCUTS", False)
+    monkeypatch.setattr(switching, "TESTED", tested and switching.TESTED)
     kinds = [run_sequence(seed, tiny_tokenizer, folders) for seed in (0, 3, 4, 7, 8, 9, 32, 39)]
     assert set(kinds) == {"lora", "ia3", "loha"}
 
 
 def test_tested_range():
-    assert switching.peft_tested("0.20.0") and switching.peft_tested("0.21.2")
-    assert not switching.peft_tested("0.19.1") and not switching.peft_tested("0.22.0")
-    assert not switching.peft_tested("1.0.0.dev0") and not switching.peft_tested("garbage")
+    assert all(switching.peft_tested(v) for v in ("0.20.0", "0.21.2", "0.22.0", "0.22.1.post1"))
+    assert not any(switching.peft_tested(v) for v in ("0.19.1", "0.23.0", "1.0.0", "1.0.0.dev0", "garbage"))
+    assert switching.shortcuts_proven("0.20.0") and switching.shortcuts_proven("0.21.2")
+    assert not any(switching.shortcuts_proven(v) for v in ("0.19.1", "0.22.0", "0.23.0", "garbage"))
+    assert switching.SHORTCUTS == switching.shortcuts_proven(peft.__version__)
+    assert switching.TESTED == switching.peft_tested(peft.__version__)
 
 
 # ------------------------------------------------------------------------------------------ known defects
@@ -433,24 +440,34 @@ def two_lora(tiny_model):
     return model.eval()
 
 
-def test_switch_walks_the_modules_once(tiny_model, tiny_tokenizer):
-    """PEFT's set_adapter walks the model twice; switch (enable_adapter_layers + set_adapter) once."""
+MODES = sorted({False, switching.SHORTCUTS})  # the shortcuts run only where they are proven (PEFT 0.20-0.21)
+
+
+@pytest.mark.parametrize("shortcuts", MODES)
+def test_switch_walks_the_modules_once(tiny_model, tiny_tokenizer, monkeypatch, shortcuts):
+    """With the shortcuts, switch (enable_adapter_layers + set_adapter) walks the model once; without, at most
+    once more than PEFT's own calls (a read-only walk of its own)."""
+    monkeypatch.setattr(switching, "SHORTCUTS", shortcuts)
     model = two_lora(tiny_model)
     twin = two_lora(tiny.make_model(tiny_tokenizer))
-    assert walks_during(twin, lambda: twin.set_adapter("coding", inference_mode=True)) == 2
     for name in ("coding", "json", BASE, "coding"):
+        peft_walks = walks_during(twin, lambda: peft_switch(twin, name))
         walks = walks_during(model, lambda: lh.switch(model, name))
-        assert walks == 1, (name, walks)
-        peft_switch(twin, name)
+        assert walks == 1 if shortcuts else walks <= peft_walks + 1, (name, walks, peft_walks)
         assert_same(model, twin, name)
 
 
-def test_switch_to_what_runs_already_changes_nothing(tiny_model, monkeypatch):
-    """No layer is touched and no warning repeats when the adapter asked for runs already, frozen."""
+@pytest.mark.parametrize("shortcuts", MODES)
+def test_switch_to_what_runs_already_changes_nothing(tiny_model, monkeypatch, shortcuts):
+    """No warning repeats when the adapter asked for runs already, frozen; with the shortcuts no layer is touched
+    either (without them PEFT's own calls run and change nothing)."""
+    monkeypatch.setattr(switching, "SHORTCUTS", shortcuts)
     model = two_lora(tiny_model)
     model.add_adapter("blank", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))  # lora_B = 0
-    with pytest.warns(lh.UntrainedAdapterWarning, match="'blank' has all lora_B"):
-        lh.switch(model, "blank")
+    for first in ("json", BASE):  # a switch that changes what runs warns, every time
+        lh.switch(model, first)
+        with pytest.warns(lh.UntrainedAdapterWarning, match="'blank' has all lora_B"):
+            lh.switch(model, "blank")
     from peft.tuners.lora import LoraLayer
     calls = []
     real = LoraLayer.set_adapter
@@ -459,7 +476,10 @@ def test_switch_to_what_runs_already_changes_nothing(tiny_model, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lh.switch(model, "blank")
-    assert calls == [] and state(model) == before
+    assert state(model) == before and (calls == []) == shortcuts
+    calls.clear()
     next(p for n, p in model.named_parameters() if ".lora_A.blank." in n).requires_grad_(True)  # one layer trains
-    lh.switch(model, "blank")  # ...so that layer (only) is set again, and its weight frozen
-    assert len(calls) == 1 and not any(p.requires_grad for p in model.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # what runs is the same: no warning
+        lh.switch(model, "blank")  # ...so that layer is set again (only it, with the shortcuts), its weight frozen
+    assert (len(calls) == 1) == shortcuts and not any(p.requires_grad for p in model.parameters())

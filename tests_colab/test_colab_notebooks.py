@@ -27,18 +27,23 @@ DRIVE = Path("/content/drive")  # where Colab mounts Google Drive; a declined mo
 READ_ONLY_TOKEN = "hf_" + "ReadOnly" * 5  # token-shaped; the stand-in Hub refuses every write made with it
 
 
-def _colab_pins(names) -> dict:
-    """The versions requirements-colab.txt (which builds .venv-colab) pins for ``names``: Colab's own."""
+def _colab_pins() -> dict:
+    """Every version requirements-colab.txt (which builds .venv-colab) pins: Colab's own (and the test runner's)."""
     pins = {}
     for line in (ROOT / "requirements-colab.txt").read_text().splitlines():
         spec = line.split("#")[0].strip()
         if "==" in spec:
             name, version = spec.split("==")
             pins[name] = version
-    return {n: pins[n] for n in names}
+    return pins
 
 
-COLAB_VERSIONS = _colab_pins(["torch", "transformers", "peft", "ipywidgets", "scikit-learn"])
+COLAB_VERSIONS = _colab_pins()
+
+
+def _assert_colabs_versions():
+    changed = {n: md.version(n) for n, v in COLAB_VERSIONS.items() if md.version(n).split("+")[0] != v}
+    assert not changed, f"not Colab's versions (requirements-colab.txt): {changed}"
 
 
 class _ReadOnlyHub(BaseHTTPRequestHandler):
@@ -110,8 +115,8 @@ def _run(path: Path) -> str:
 
 
 def test_runtime_is_colabs():
-    for name, version in COLAB_VERSIONS.items():
-        assert md.version(name).split("+")[0] == version, name
+    assert {"torch", "transformers", "peft", "accelerate", "huggingface_hub", "ipywidgets"} <= set(COLAB_VERSIONS)
+    _assert_colabs_versions()
     assert sys.version_info[:2] == (3, 13)
 
 
@@ -130,8 +135,7 @@ def test_01_with_a_declined_drive_and_a_token_that_cannot_publish(colab_runtime,
     assert "сохранено (session)" in text and not DRIVE.exists()
     assert READ_ONLY_TOKEN not in text and READ_ONLY_TOKEN not in nb.read_text()
     assert any(method in ("POST", "PUT") for method, _ in _ReadOnlyHub.requests), "publishing was never tried"
-    for name, version in COLAB_VERSIONS.items():  # the install cell kept what Colab has
-        assert md.version(name).split("+")[0] == version, name
+    _assert_colabs_versions()  # the install cell kept what Colab has
 
 
 @pytest.mark.parametrize("name", ["02_merge_adapter.ipynb", "03_router_demo.ipynb", "04_own_router_project.ipynb"])
@@ -159,3 +163,8 @@ def test_notebook_on_the_4bit_base(colab_runtime, monkeypatch, name):
     trained = "обучаю их сейчас" in text
     assert trained == (name == notebooks_for_base.NOTEBOOKS[0]), "01 trains the demo adapters, the others reuse them"
 
+
+def test_every_install_cell_kept_colabs_versions():
+    """Last: after all the notebooks' install cells ran (fp32 and 4-bit), Colab's versions are still there, and
+    `make test-colab` then runs the unit tests on them."""
+    _assert_colabs_versions()
