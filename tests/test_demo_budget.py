@@ -89,3 +89,12 @@ def test_the_time_table_of_each_notebook():
     assert f"~{train:.0f} (0 с Drive)" in two  # 02 uses all three (the trap loads coding, combining uses support)
     with pytest.raises(lh.AdapterError, match="notebook='04'.*'01'"):
         demo.time_table("04")
+
+
+def test_demo_training_reports_its_loss_in_russian(session, tiny_model, tiny_tokenizer, capsys):
+    """The learner sees these lines on a T4 while the demo adapters train: Russian, like everything on screen."""
+    demo.demo_adapters(tiny_model, tiny_tokenizer, progress=False, names=("json",))
+    out = capsys.readouterr().out
+    assert re.search(r"^\[json\] loss в начале: \d+\.\d{3}$", out, re.M), out
+    assert re.search(r"^\[json\] loss в конце: \d+\.\d{3} \(среднее последних шагов: 1\); всего шагов: 1, время: \d+ с$", out, re.M), out
+    assert "start loss" not in out and "mean of the last" not in out
