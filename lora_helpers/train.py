@@ -192,8 +192,8 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
         model.training = model.base_model.training = given.training
     switch(model, name)  # ready for inference: this adapter runs, every adapter weight frozen again
     tail = losses[-min(5, len(losses)):]
-    print(f"[{name}] end loss {sum(tail) / len(tail):.3f} (mean of the last {len(tail)} steps), "
-          f"{len(losses)} steps in {seconds:.0f} s")
+    print(f"[{name}] loss в конце: {sum(tail) / len(tail):.3f} (среднее последних шагов: {len(tail)}); "
+          f"всего шагов: {len(losses)}, время: {seconds:.0f} с")
     return model
 
 
@@ -228,7 +228,7 @@ def _train(model, name, rows, pad, steps, lr, batch_size, seed, warmup, progress
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if len(losses) == 1:
-            print(f"[{name}] start loss {losses[0]:.3f}")
+            print(f"[{name}] loss в начале: {losses[0]:.3f}")
         bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     return losses, time.perf_counter() - start

@@ -85,7 +85,47 @@ def test_the_time_table_of_each_notebook():
     train = demo.t4_estimate(demo.RECIPES_LARGE, demo.T4_TOKENS_PER_EXAMPLE)[0] / 60
     assert f"~{train:.0f} (0 с Drive)" in table and "| Всего, мин              | 2.3" in table  # measured
     two = demo.time_table("02_merge_adapter.ipynb", cpu={"merge": 0.4, "total": 3.2})
-    assert re.search(r"\| Слияние, мин +\| 0\.4 +\| ~3 ", two) and re.search(r"\| Всего, мин +\| 3\.2 ", two)
+    assert re.search(r"\| Слияние, мин +\| 0\.4 +\| ~2 ", two) and re.search(r"\| Всего, мин +\| 3\.2 ", two)
     assert f"~{train:.0f} (0 с Drive)" in two  # 02 uses all three (the trap loads coding, combining uses support)
-    with pytest.raises(lh.AdapterError, match="notebook='04'.*'01'"):
-        demo.time_table("04")
+    with pytest.raises(lh.AdapterError, match="notebook='05'.*'01'"):
+        demo.time_table("05")
+
+
+@pytest.mark.parametrize("key", ["01", "02", "03", "04"])
+def test_the_t4_column_is_the_sum_of_what_the_notebook_runs(key):
+    t, run = demo.t4_minutes(key), demo.NOTEBOOK_RUNS[key]
+    parts = ("download", "load", "train", "merge", "decode", "small")
+    assert t["total"] == pytest.approx(sum(t[p] for p in parts))
+    assert t["download"] == pytest.approx(demo.T4_DOWNLOAD_GB * 1024 / demo.T4_DOWNLOAD_MB_S / 60)  # once
+    assert t["load"] == run["loads"] * demo.T4_LOAD_MINUTES
+    assert t["decode"] == pytest.approx(run["decode"] / demo.T4_DECODE_TOKENS_PER_S / 60)
+    assert t["merge"] == pytest.approx(run["write_gb"] * 1024 / demo.T4_WRITE_MB_S / 60)
+    table = demo.time_table(key)
+    assert re.search(rf"\| Всего, мин +\| [\d.]+ +\| ~{t['total']:.0f} +\|", table)
+    assert f"до {run['decode']} токенов ответов" in table.splitlines()[-1]
+
+
+def test_demo_training_counts_only_the_adapters_a_notebook_uses(monkeypatch):
+    monkeypatch.setitem(demo.NOTEBOOK_RUNS, "03", dict(demo.NOTEBOOK_RUNS["03"], adapters=("json",)))
+    one = demo.t4_estimate({"json": demo.RECIPES_LARGE["json"]}, demo.T4_TOKENS_PER_EXAMPLE)[0] / 60
+    assert demo.t4_minutes("03")["train"] == pytest.approx(one)
+    assert f"~{one:.0f} (0 с Drive)" in demo.time_table("03") and "адаптеры json (" in demo.time_table("03")
+
+
+def test_04_counts_its_own_training_also_with_drive():
+    t, own = demo.t4_minutes("04"), demo.NOTEBOOK_RUNS["04"]["own"]
+    assert own["steps"] == 30 and own["batch_size"] == 8  # TRAIN_STEPS and BATCH in 04's training cell
+    mine = demo.t4_estimate({"sql": own}, own["tokens"])[0] / 60
+    assert t["train_drive"] == pytest.approx(mine) and t["train"] > mine
+    table = demo.time_table("04")
+    assert f"(~{mine:.0f} с Drive)" in table and re.search(r"\| Обучение адаптеров, мин \| 1\.5 ", table)
+    assert "свой" in table.splitlines()[-1]
+
+
+def test_demo_training_reports_its_loss_in_russian(session, tiny_model, tiny_tokenizer, capsys):
+    """The learner sees these lines on a T4 while the demo adapters train: Russian, like everything on screen."""
+    demo.demo_adapters(tiny_model, tiny_tokenizer, progress=False, names=("json",))
+    out = capsys.readouterr().out
+    assert re.search(r"^\[json\] loss в начале: \d+\.\d{3}$", out, re.M), out
+    assert re.search(r"^\[json\] loss в конце: \d+\.\d{3} \(среднее последних шагов: 1\); всего шагов: 1, время: \d+ с$", out, re.M), out
+    assert "start loss" not in out and "mean of the last" not in out

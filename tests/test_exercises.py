@@ -1,6 +1,8 @@
 """Notebook 03's router exercise: the labelled set, check_router's verdicts, the worked solution."""
+import inspect
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -21,9 +23,10 @@ def cheat_sheet_router(text: str) -> str:
 
 # -- the labelled set ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["EXERCISE_SET", "HELDOUT_SET"])
+@pytest.mark.parametrize("name", ["EXERCISE_SET", "heldout_set"])
 def test_exercise_sets_are_small_balanced_and_bilingual(name):
     labelled = getattr(ex, name)
+    labelled = labelled() if callable(labelled) else labelled
     assert 12 <= len(labelled) <= 20
     routes = [r for _, r in labelled]
     assert set(routes) == {"json", "coding", "support"}
@@ -38,8 +41,22 @@ def test_exercise_sets_are_apart_from_router_data_and_each_other():
                for line in (DATA_DIR / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()}
     assert len(shipped) > 100
     practice = {t.casefold() for t, _ in ex.EXERCISE_SET}
-    heldout = {t.casefold() for t, _ in ex.HELDOUT_SET}
+    heldout = {t.casefold() for t, _ in ex.heldout_set()}
     assert not shipped & practice and not shipped & heldout and not practice & heldout
+
+
+def test_the_held_out_prompts_are_not_in_the_file_that_holds_the_solution():
+    """03 sends learners to exercises.py for the worked solution: reading it must not show the deciding set."""
+    source = Path(ex.__file__).read_text(encoding="utf-8")
+    assert len(ex.heldout_set()) == 18
+    assert not [t for t, _ in ex.heldout_set() if t in source or t[:25] in source]
+
+
+def test_sql_is_left_to_notebook_04():
+    """04 makes sql a route of its own; 03's three-route exercise neither asks for it nor solves it as coding."""
+    prompts = [t for t, _ in ex.EXERCISE_SET + ex.heldout_set()]
+    assert not [t for t in prompts if "sql" in t.lower()]
+    assert '"sql"' not in inspect.getsource(ex.solution_router)
 
 
 # -- verdicts -----------------------------------------------------------------------------------------
@@ -48,7 +65,7 @@ def test_solution_passes(capsys):
     result = ex.check_router(ex.solution_router)
     out = capsys.readouterr().out
     assert result and result.passed and result.accuracy >= ex.THRESHOLD and result.held_out
-    assert result.total == len(ex.HELDOUT_SET)
+    assert result.total == len(ex.heldout_set())
     assert "прошёл проверку" in out and "Пока не проходит" not in out
 
 
@@ -65,7 +82,7 @@ def test_cheat_sheet_starter_fails_and_shows_counts_and_two_misses_only(capsys):
     shown = [t for t, _ in expected_misses if f"«{t}»" in out]
     assert len(shown) == ex.SHOWN_MISSES == out.count("  • ")
     assert len({r for t, r in expected_misses if t in shown}) == 2      # two kinds of mistake, not one twice
-    assert not any(t in out for t, _ in ex.HELDOUT_SET)                 # the deciding set is never shown
+    assert not any(t in out for t, _ in ex.heldout_set())                 # the deciding set is never shown
 
 
 def test_memorising_the_practice_set_does_not_pass(capsys):
@@ -79,9 +96,9 @@ def test_memorising_the_practice_set_does_not_pass(capsys):
 
 
 def test_pass_exactly_at_threshold():
-    wrong = {t for t, _ in ex.HELDOUT_SET[:2]}
-    n = len(ex.HELDOUT_SET)
-    answers = dict(ex.HELDOUT_SET + ex.EXERCISE_SET)
+    wrong = {t for t, _ in ex.heldout_set()[:2]}
+    n = len(ex.heldout_set())
+    answers = dict(ex.heldout_set() + ex.EXERCISE_SET)
 
     def router(text):
         return "base" if text in wrong else answers[text]
@@ -91,7 +108,7 @@ def test_pass_exactly_at_threshold():
 
 def test_router_object_with_route_method_is_accepted():
     result = ex.check_router(lh.make_router("keyword"), verbose=False)
-    assert result.total == len(ex.HELDOUT_SET) and 0 < result.accuracy <= 1
+    assert result.total == len(ex.heldout_set()) and 0 < result.accuracy <= 1
 
 
 def test_own_scenarios(capsys):

@@ -195,3 +195,52 @@ def test_opening_cell_has_the_time_table(nb):
     table = demo.time_table(nb.name).splitlines()[1:]
     assert all(line in opening.splitlines() for line in table), "run /tmp-free: paste demo.time_table() again"
     assert "оценка, не замер" in opening and "| Всего, мин" in opening
+
+
+@pytest.mark.parametrize("nb", [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03")], ids=lambda p: p.name)
+def test_the_t4_estimate_counts_what_the_notebook_runs(nb):
+    """demo.NOTEBOOK_RUNS, which the T4 column is counted from, names the demo adapters the notebook asks for
+    and the ~4 GB models it loads under Run all (the base, and a merged model read back; not the small 4-bit
+    experiment, not the Hub cells that only run with PUBLISH_TO_HUB)."""
+    from lora_helpers.course import demo
+    run = demo.NOTEBOOK_RUNS[nb.name[:2]]
+    code = "\n".join(source(c) for c in cells(nb) if c["cell_type"] == "code" and "PUBLISH_TO_HUB and" not in source(c))
+    asked = re.findall(r"demo_adapters\(([^)]*)\)", code)
+    assert len(asked) == 1, asked
+    names = re.search(r"names=\(([^)]*)\)", asked[0])
+    assert run["adapters"] == (tuple(re.findall(r'"(\w+)"', names.group(1))) if names else demo.NAMES)
+    loads = len(re.findall(r"lh\.load_base\(BASE\)", code))
+    loads += len(re.findall(r"AutoModelForCausalLM\.from_pretrained\((?!q_)", code))
+    assert loads == run["loads"]
+
+
+FIRST_THREE = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03")]
+STORED_NOTE = "*На встроенной модели (CPU) было так:*"
+
+
+@pytest.mark.parametrize("nb", FIRST_THREE, ids=lambda p: p.name)
+def test_what_the_stored_replies_showed_is_a_labelled_note(nb):
+    """On a T4 the learner sees Mistral's replies: prose reads the printed checks, and what SmolLM2 answered is
+    a labelled note after it, never the paragraph's claim."""
+    prose = [source(c) for c in cells(nb) if c["cell_type"] == "markdown"]
+    assert not [p for p in prose if re.search(r"сохранённ\w+ прогон", p)]
+    notes = [p for p in prose if STORED_NOTE in p]
+    assert len(notes) == {"01": 5, "02": 2, "03": 2}[nb.name[:2]]
+    assert all(p.index(STORED_NOTE) > 0 for p in notes), "the general reading comes first"
+
+
+@pytest.mark.parametrize("nb", FIRST_THREE, ids=lambda p: p.name)
+def test_code_cells_are_short(nb):
+    long = [i for i, c in enumerate(cells(nb)) if c["cell_type"] == "code" and len(source(c).splitlines()) > 25]
+    assert not long, f"code cells over 25 lines: {long}"
+
+
+@pytest.mark.parametrize("nb", [p for p in FIRST_THREE if p.name[:2] in ("01", "03")], ids=lambda p: p.name)
+def test_the_loop_over_set_adapter_re_enables_the_layers_the_switchers_base_turned_off(nb):
+    """«base (без адаптера)» in the switcher calls disable_adapter_layers; PEFT's set_adapter does not undo it."""
+    loops = [(i, source(c)) for i, c in enumerate(cells(nb)) if c["cell_type"] == "code"
+             and re.search(r"^for .*\n\s+model\.set_adapter\(", source(c), re.M)]
+    assert loops
+    for i, code in loops:
+        assert code.index("model.enable_adapter_layers()") < code.index("model.set_adapter(")
+        assert "set_adapter" in source(cells(nb)[i - 1]) and "base (без адаптера)" in source(cells(nb)[i - 1])

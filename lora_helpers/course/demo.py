@@ -158,44 +158,90 @@ def _train(model, tokenizer, names, forced, progress, drive=False):
 
 
 # ----------------------------------------------------------------------------- the opening cell's time table
-NOTEBOOK_ADAPTERS = {"01": NAMES, "02": NAMES, "03": NAMES}  # what each notebook asks demo_adapters for (02: json to merge, coding for the trap, support to combine)
+# What each notebook runs under Run all on a fresh Colab runtime (each notebook gets its own, so each downloads
+# the base once): the demo adapters it asks demo_adapters for; how often it loads a ~4 GB base onto the GPU
+# (lh.load_base(BASE), and a merged model read back); the merged weights it writes (02: PEFT's nf4 merge
+# ~4.1 GB + lh.merge_and_save's fp16 ~14.5 GB); its own training (04: TRAIN_STEPS x BATCH of its recipe, ~58
+# tokens a pair); the decode steps of its generate calls (max_new_tokens summed over the calls, a batch
+# counted once; tokens_per_second runs 1 warm-up + 3 repeats per case), an upper bound: replies stop at EOS.
+NOTEBOOK_RUNS = {
+    "01": dict(adapters=NAMES, loads=1, write_gb=0.0, decode=3 * 96 * 3 + 96 * 4 + 2 * 24 + 2 * 4 * 32),
+    "02": dict(adapters=NAMES, loads=3, write_gb=4.1 + 14.5, decode=3 * 64 + 3 * 4 * 32 + 80,
+               small=0.5),  # 02's nf4 experiment on the embedded base: GGUF conversion + two small merges
+    "03": dict(adapters=NAMES, loads=1, write_gb=0.0, decode=2 * 48 + 48 + 160 + 96),
+    "04": dict(adapters=NAMES, loads=1, write_gb=0.0, decode=48 + 48 + 96 + 96,
+               own=dict(steps=30, batch_size=8, tokens=58)),
+}
+NOTEBOOK_ADAPTERS = {key: run["adapters"] for key, run in NOTEBOOK_RUNS.items()}
 T4_DOWNLOAD_GB = 4.1  # MISTRAL_4BIT's weights
-T4_DOWNLOAD_MB_S = 50  # Colab's usual Hub download speed (an assumption)
-# T4 estimates, not measured: loading the 4-bit base onto the GPU, merging (02 writes Mistral's ~14.5 GB in
-# fp16), the notebook's other cells (generation, evaluation).
-T4_MINUTES = {"01": dict(load=1.0, merge=0.0, other=2.0),
-              "02": dict(load=1.5, merge=3.0, other=2.0),  # 02 loads the base twice (a fresh copy to compare)
-              "03": dict(load=1.0, merge=0.0, other=3.0)}
-# CPU (the embedded SmolLM2, shipped with its adapters: nothing to download or train): measured, minutes, with
-# `nbconvert --execute` on 2 cores (01 137 s, 02 49 s of which ~9 s merging, 03 32 s; 2026-12-06).
-CPU_MINUTES = {"01": dict(merge=0.0, total=2.3), "02": dict(merge=0.15, total=0.8), "03": dict(merge=0.0, total=0.5)}
+# The T4 column's assumptions, not measurements (the course's machines have no GPU and no Hub access):
+T4_DOWNLOAD_MB_S = 50  # Colab's usual Hub download speed
+T4_LOAD_MINUTES = 1.0  # reading a ~4 GB 4-bit checkpoint from disk onto the GPU
+T4_WRITE_MB_S = 150  # Colab's disk, writing safetensors shards
+T4_DECODE_TOKENS_PER_S = 12  # greedy decoding of Mistral-7B in bitsandbytes nf4 on a T4, batch 1
+# CPU (the embedded SmolLM2, shipped with its adapters: nothing to download; 04 trains its own): measured,
+# minutes, with `nbconvert --execute` on 2 cores (01 134 s, 02 45 s of which ~9 s merging, 03 28 s, 04 112 s
+# of which 88 s training; 2026-12-06).
+CPU_MINUTES = {"01": dict(merge=0.0, total=2.3), "02": dict(merge=0.15, total=0.8),
+               "03": dict(merge=0.0, total=0.5), "04": dict(train=1.5, merge=0.0, total=1.9)}
+
+
+def _key(notebook) -> str:
+    key = str(notebook)[:2]
+    if key not in NOTEBOOK_RUNS:
+        raise AdapterError(f"notebook={notebook!r}: expected one of {sorted(NOTEBOOK_RUNS)} (e.g. '01').")
+    return key
+
+
+def t4_minutes(notebook: str) -> dict:
+    """Minutes of a first Run all on a Colab T4 (Mistral-7B in nf4), part by part, counted from what the
+    notebook runs (``NOTEBOOK_RUNS``) at the ``T4_*`` rates: download, loads, demo training (and with Drive:
+    ``train_drive``, its own training only), merge writes, decoding; ``total`` is their sum."""
+    run = NOTEBOOK_RUNS[_key(notebook)]
+    demo_train = t4_estimate({n: RECIPES_LARGE[n] for n in run["adapters"]}, T4_TOKENS_PER_EXAMPLE)[0] / 60
+    own = run.get("own")
+    own_train = t4_estimate({"own": own}, own["tokens"])[0] / 60 if own else 0.0
+    parts = dict(download=T4_DOWNLOAD_GB * 1024 / T4_DOWNLOAD_MB_S / 60, load=run["loads"] * T4_LOAD_MINUTES,
+                 train=demo_train + own_train, merge=run["write_gb"] * 1024 / T4_WRITE_MB_S / 60,
+                 decode=run["decode"] / T4_DECODE_TOKENS_PER_S / 60, small=run.get("small", 0.0))
+    return {**parts, "train_drive": own_train, "total": sum(parts.values())}
 
 
 def time_table(notebook: str, cpu: dict | None = None) -> str:
     """A small Russian table for a notebook's opening cell: download, training, merge and total time on the
     CPU (measured: ``CPU_MINUTES``, or ``cpu={"merge": ..., "total": ...}`` in minutes) and on a Colab T4
-    (an estimate: Mistral-7B in nf4, the demo adapters trained on the first run). ``print(time_table("01"))``."""
-    key = str(notebook)[:2]
-    if key not in NOTEBOOK_ADAPTERS:
-        raise AdapterError(f"notebook={notebook!r}: expected one of {sorted(NOTEBOOK_ADAPTERS)} (e.g. '01').")
-    c = {**CPU_MINUTES[key], **(cpu or {})}
-    t = T4_MINUTES[key]
-    train = t4_estimate({n: RECIPES_LARGE[n] for n in NOTEBOOK_ADAPTERS[key]}, T4_TOKENS_PER_EXAMPLE)[0] / 60
-    total = T4_DOWNLOAD_GB * 1024 / T4_DOWNLOAD_MB_S / 60 + t["load"] + train + t["merge"] + t["other"]
+    (:func:`t4_minutes`: an estimate counted from the notebook's own steps), then the line that says what the
+    T4 figure counts. ``print(time_table("01"))``."""
+    key = _key(notebook)
+    c = {"train": 0.0, **CPU_MINUTES[key], **(cpu or {})}
+    t, run = t4_minutes(key), NOTEBOOK_RUNS[key]
 
     def num(x, digits=0):
         return "—" if x is None else f"{x:.{digits}f}"
 
+    drive = f"~{t['train_drive']:.0f}" if t["train_drive"] else "0"
     rows = [("Скачать, ГБ", "0", f"~{T4_DOWNLOAD_GB:.1f}"),
-            ("Обучение адаптеров, мин", "0", f"~{train:.0f} (0 с Drive)"),
+            ("Обучение адаптеров, мин", num(c["train"], 1) if c["train"] else "0",
+             f"~{t['train']:.0f} ({drive} с Drive)"),
             ("Слияние, мин", num(c["merge"], 1), f"~{t['merge']:.0f}" if t["merge"] else "0"),
-            ("Всего, мин", num(c["total"], 1), f"~{total:.0f}")]
+            ("Всего, мин", num(c["total"], 1), f"~{t['total']:.0f}")]
     head = ("Этап", "CPU (замер)", "T4 (оценка)")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
     line = lambda r: "| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
+    trained = [*run["adapters"], *(["свой"] if run.get("own") else [])]
+    counted = (f"Из чего сложена оценка T4: скачать базу один раз (~{t['download']:.1f} мин при "
+               f"{T4_DOWNLOAD_MB_S} МБ/с), загрузить модель на GPU: {run['loads']} × ~{T4_LOAD_MINUTES:.0f} мин, "
+               f"обучить адаптеры {', '.join(trained)} "
+               f"(~{t['train']:.1f} мин, QLoRA ~{T4_TOKENS_PER_SECOND} токенов/с)"
+               + (f", записать {run['write_gb']:.1f} ГБ слитых весов (~{t['merge']:.1f} мин)" if run["write_gb"]
+                  else "")
+               + f", сгенерировать до {run['decode']} токенов ответов (~{t['decode']:.1f} мин при "
+               f"{T4_DECODE_TOKENS_PER_S} токенах/с)"
+               + (f", опыт с 4-битной встроенной базой (~{t['small']:.1f} мин)" if t["small"] else "") + ".")
     return "\n".join([f"Ноутбук {key}: время (CPU — встроенная SmolLM2, адаптеры в комплекте; "
                        "T4 — Mistral-7B в 4 битах, оценка, не замер)",
-                       line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+                       line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows), "",
+                       counted])
 
 
 def make_foreign_adapter(out_dir="alien_adapter", seed: int = 0) -> Path:

@@ -2,19 +2,22 @@
 
 ``check_router(fn)`` routes two small labelled EN+RU sets, both kept apart from the router's training examples
 and evaluation set. The practice set (``EXERCISE_SET``) is reported per route, with at most two example misses
-shown — enough to see the kind of mistake, not a list of words to copy. The held-out set (``HELDOUT_SET``) is
-never printed, and it alone decides the verdict, so a router that memorises the shown misses does not pass.
-``solution_router`` is a worked solution. The learner's own scenarios: ``check_router(fn, examples=...,
-heldout=...)``.
+shown — enough to see the kind of mistake, not a list of words to copy. The held-out set decides the verdict
+and is never printed; it lives in ``lora_helpers/data/router_exercise_heldout.jsonl``, not in this file, so
+that reading the worked solution here (``solution_router``) does not show it, and a router that memorises
+the shown misses does not pass. The learner's own scenarios: ``check_router(fn, examples=..., heldout=...)``. SQL has no place
+in this three-route exercise: notebook 04 makes ``sql`` a route (and an adapter) of its own.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from ..errors import AdapterError
+from .._textfeatures import load_labelled
 from ..router import _pairs as router_pairs
 
-THRESHOLD = 0.8  # 15 of the 18 shipped prompts
+THRESHOLD = 0.8  # 15 of the 18 held-out prompts
+HELDOUT_DATA = "router_exercise_heldout"  # lora_helpers/data/<this>.jsonl
 
 # Six prompts per route, half English, half Russian. Several need more than the word «json» or «код»:
 # a JSON task without the word, code without «код», and support questions about a promo code or an SMS code.
@@ -27,7 +30,7 @@ EXERCISE_SET: list[tuple[str, str]] = [
     ("Разбери адрес на поля: Москва, ул. Ленина, д. 5.", "json"),
     ("Write a Python function that checks whether a number is prime.", "coding"),
     ("Fix the bug in this loop: for i in range(10) print(i)", "coding"),
-    ("Why does my SQL query return duplicate rows?", "coding"),
+    ("Add type hints to this Python script.", "coding"),
     ("Напиши функцию, которая считает факториал.", "coding"),
     ("В этом коде ошибка: def f(x) return x", "coding"),
     ("Отрефактори скрипт, он слишком длинный.", "coding"),
@@ -40,29 +43,13 @@ EXERCISE_SET: list[tuple[str, str]] = [
 ]
 
 
-# Never printed: it decides whether the router passes. Six per route, half English, half Russian, with
-# the same kinds of trap as above (a JSON task without the word, an SMS code, a discount code).
-HELDOUT_SET: list[tuple[str, str]] = [
-    ("Give me the answer as JSON: city Kazan, population 1.3 million.", "json"),
-    ("Convert this to CSV with columns date and amount: March 3 - 500, March 4 - 720.", "json"),
-    ("Fill in the fields title and author for this book: War and Peace by Tolstoy.", "json"),
-    ("Выдай JSON-объект с ключами name и price для товара «чайник», 1990 рублей.", "json"),
-    ("Опиши схему ответа API для списка заказов.", "json"),
-    ("Заполни поля формы: имя Анна, телефон 8-900-123-45-67.", "json"),
-    ("My Python script crashes with KeyError, how do I fix it?", "coding"),
-    ("Write a function that reverses a linked list.", "coding"),
-    ("How do I write a SQL join between orders and customers?", "coding"),
-    ("Найди баг: цикл while никогда не заканчивается.", "coding"),
-    ("Напиши функцию на Python для сортировки словаря по значениям.", "coding"),
-    ("Перепиши этот код, чтобы он работал быстрее.", "coding"),
-    ("I was charged twice for my order, please help.", "support"),
-    ("How can I change the delivery address?", "support"),
-    ("The discount code from your email is not accepted.", "support"),
-    ("Не могу оплатить заказ картой.", "support"),
-    ("Как вернуть товар, если он не подошёл?", "support"),
-    ("Мне не приходит SMS с кодом для входа.", "support"),
-]
 SHOWN_MISSES = 2  # example misses printed from the practice set
+
+
+def heldout_set() -> list[tuple[str, str]]:
+    """The held-out (prompt, route) pairs that decide the default verdict: six per route, half English, half
+    Russian, with the practice set's kinds of trap. Read from a data file, never printed."""
+    return router_pairs(load_labelled(HELDOUT_DATA))
 
 
 def solution_router(text: str) -> str:
@@ -73,8 +60,8 @@ def solution_router(text: str) -> str:
         return "json"
     if any(w in t for w in ("промокод", "promo code", "код подтвержд", "sms")):
         return "support"
-    if any(w in t for w in ("код", "code", "bug", "баг", "python", "функци", "function", "sql",
-                            "скрипт", "рефактор")):
+    if any(w in t for w in ("код", "code", "bug", "баг", "python", "функци", "function", "скрипт",
+                            "рефактор")):
         return "coding"
     return "support"
 
@@ -173,13 +160,13 @@ def check_router(router, examples=None, heldout=None, threshold: float = THRESHO
 
     ``router``: a function text -> route name (or any object with ``.route``). ``examples``: the practice
     set, reported per route with at most two example misses (default ``EXERCISE_SET``); ``heldout``: the
-    set that decides, never printed (default ``HELDOUT_SET`` when ``examples`` is None; with your own
+    set that decides, never printed (default ``heldout_set()`` when ``examples`` is None; with your own
     ``examples`` and no ``heldout``, the examples decide). Both take ``{route: [prompts]}`` or (prompt, route)
     pairs. An exception or a non-string from the function counts as a miss. Returns a ``RouterCheck``.
     """
     fn = _as_function(router)
     practice = _pairs(examples)
-    decider = _pairs(heldout) if heldout is not None else (list(HELDOUT_SET) if examples is None else None)
+    decider = _pairs(heldout) if heldout is not None else (heldout_set() if examples is None else None)
     if not 0 < float(threshold) <= 1:
         raise AdapterError(f"threshold must be in (0, 1], got {threshold!r}; the default is {THRESHOLD}.")
     misses, per_route = _score(fn, practice)
