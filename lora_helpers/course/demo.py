@@ -158,17 +158,19 @@ def _train(model, tokenizer, names, forced, progress, drive=False):
 
 
 # ----------------------------------------------------------------------------- the opening cell's time table
-NOTEBOOK_ADAPTERS = {"01": NAMES, "02": NAMES, "03": NAMES}  # what each notebook asks demo_adapters for (02: json to merge, coding for the trap, support to combine)
+NOTEBOOK_ADAPTERS = {"01": NAMES, "02": NAMES, "03": NAMES, "04": ("json", "support")}  # what each notebook asks demo_adapters for (02: json to merge, coding for the trap, support to combine)
 T4_DOWNLOAD_GB = 4.1  # MISTRAL_4BIT's weights
 T4_DOWNLOAD_MB_S = 50  # Colab's usual Hub download speed (an assumption)
 # T4 estimates, not measured: loading the 4-bit base onto the GPU, merging (02 writes Mistral's ~14.5 GB in
 # fp16), the notebook's other cells (generation, evaluation).
 T4_MINUTES = {"01": dict(load=1.0, merge=0.0, other=2.0),
               "02": dict(load=1.5, merge=3.0, other=2.0),  # 02 loads the base twice (a fresh copy to compare)
-              "03": dict(load=1.0, merge=0.0, other=3.0)}
+              "03": dict(load=1.0, merge=0.0, other=3.0),
+              "04": dict(load=1.0, merge=0.0, other=5.0)}  # 04: its own adapter (~2 min) and 3 x 12 replies
 # CPU (the embedded SmolLM2, shipped with its adapters: nothing to download or train): measured, minutes, with
 # `nbconvert --execute` on 2 cores (01 137 s, 02 49 s of which ~9 s merging, 03 32 s; 2026-12-06).
-CPU_MINUTES = {"01": dict(merge=0.0, total=2.3), "02": dict(merge=0.15, total=0.8), "03": dict(merge=0.0, total=0.5)}
+CPU_MINUTES = {"01": dict(merge=0.0, total=2.3), "02": dict(merge=0.15, total=0.8), "03": dict(merge=0.0, total=0.5),
+               "04": dict(merge=0.0, total=12.7)}  # 04 with 30 training steps: 12.7 min on 2 cores at load ~10 (2026-12-07)
 
 
 def time_table(notebook: str, cpu: dict | None = None) -> str:
