@@ -87,5 +87,5 @@ def test_the_time_table_of_each_notebook():
     two = demo.time_table("02_merge_adapter.ipynb", cpu={"merge": 0.4, "total": 3.2})
     assert re.search(r"\| Слияние, мин +\| 0\.4 +\| ~3 ", two) and re.search(r"\| Всего, мин +\| 3\.2 ", two)
     assert f"~{train:.0f} (0 с Drive)" in two  # 02 uses all three (the trap loads coding, combining uses support)
-    with pytest.raises(lh.AdapterError, match="notebook='04'.*'01'"):
-        demo.time_table("04")
+    with pytest.raises(lh.AdapterError, match="notebook='05'.*'01'"):
+        demo.time_table("05")
