@@ -2,13 +2,14 @@
 learner's scenario, how the test copies shorten its training, and a run of the notebook with a scenario of our
 own put into its one editable cell."""
 import json
+import re
 import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
 
-from lora_helpers.course import sql
+from lora_helpers.course import project, scenarios, sql
 from lora_helpers.course.sql import TABLES, check_sql, demo_db, load_sql, tables_read
 from lora_helpers.errors import AdapterError
 
@@ -165,9 +166,6 @@ def test_other_base_copies_compare_only_any_base_outputs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the catalogue
-from lora_helpers.course import project, scenarios  # noqa: E402
-
-
 @pytest.mark.parametrize("name", list(scenarios.BUILDERS))
 def test_catalogue_scenario_is_consistent(name):
     s = scenarios.load(name)
@@ -211,8 +209,6 @@ def test_unknown_scenario_is_a_clear_error():
 
 
 # ----------------------------------------------------------------------------- the tooling around the one cell
-import re  # noqa: E402
-
 PAIRS = [{"prompt": "Shout: hi", "reply": "HI"}, {"prompt": "Shout: ok", "reply": "OK"}]
 
 
@@ -358,6 +354,11 @@ def _out(cell) -> str:
                    for o in cell.get("outputs", []))
 
 
+def _code_cell(src):
+    import nbformat
+    return nbformat.v4.new_code_cell(src)
+
+
 def _cell(nb, needle):
     return next(c for c in nb.cells if c.cell_type == "code" and needle in c.source)
 
@@ -387,7 +388,7 @@ def test_04_runs_a_scenario_of_its_own_everywhere(own_run):
 def test_04_training_cell_twice_gives_one_fresh_adapter_and_one_wrapper(own_run):
     nb, client, _ = own_run
     loop_index = next(i for i, c in enumerate(nb.cells) if "train-loop" in c.metadata.get("tags", []))
-    probe = nbformat_cell('''
+    probe = _code_cell('''
 import json
 from peft import PeftModel
 layers = [m for m in model.modules() if hasattr(m, "lora_A")]
@@ -410,7 +411,3 @@ print(json.dumps({"first_loss": losses[0], "adapters": list(model.peft_config),
     assert after["layers_with_shout"] == before["layers_with_shout"] > 0
     assert after["first_loss"] == pytest.approx(before["first_loss"], rel=1e-3), "a fresh adapter, not the old one"
 
-
-def nbformat_cell(src):
-    import nbformat
-    return nbformat.v4.new_code_cell(src)
