@@ -8,7 +8,9 @@ keywords for the route. The catalogue:
 * ``"sql"``: a question about the shop database -> one bare SELECT (``course/sql.py``); the check runs the
   reply in SQLite: "one SELECT on the schema" and "the reference's rows", two columns.
 * ``"dates"``: a date written in words, in English or Russian -> the ISO date ``2024-03-05``; the check is a
-  regular expression and a string comparison. A format the 135M base learns in ~30 steps.
+  regular expression and a string comparison. A format the 135M base learns in ~30 steps: with notebook 04's
+  loop (30 steps, batch 8, lr 2e-3) SmolLM2-135M gave 12 of 12 ISO dates, 10 of 12 right, where the base with
+  the instruction gave 1 and 0 (2026-12-07).
 """
 from __future__ import annotations
 
