@@ -187,7 +187,7 @@ def test_adapter_table_in_01_matches_the_data_and_the_readme():
         assert re.search(rf"^\| lora_{name} \| \d+ \| {re.escape(rate)} \|", readme, re.M), (name, rate)
 
 
-@pytest.mark.parametrize("nb", [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03")], ids=lambda p: p.name)
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_opening_cell_has_the_time_table(nb):
     """The opening cell shows CPU (measured) and T4 (estimate) times as course.demo.time_table has them."""
     from lora_helpers.course import demo
@@ -244,3 +244,69 @@ def test_the_loop_over_set_adapter_re_enables_the_layers_the_switchers_base_turn
     for i, code in loops:
         assert code.index("model.enable_adapter_layers()") < code.index("model.set_adapter(")
         assert "set_adapter" in source(cells(nb)[i - 1]) and "base (без адаптера)" in source(cells(nb)[i - 1])
+
+
+# ----------------------------------------------------------------------------- notebook 04: the learner's one cell
+NB04 = ROOT / "04_own_router_project.ipynb"
+SCENARIO_NAMES = {"MY_ROUTE", "MY_ROUTER_EXAMPLES", "MY_ROUTER_HELDOUT", "MY_TRAIN_PAIRS", "MY_TEST_PAIRS",
+                  "my_check"}
+
+
+def _tagged(nb_path, tag):
+    return [c for c in cells(nb_path) if tag in c["metadata"].get("tags", [])]
+
+
+def _bound_names(code: str) -> set[str]:
+    import ast
+    names = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+def test_04_has_exactly_one_scenario_cell_and_it_binds_the_names():
+    scenario = _tagged(NB04, "my-scenario")
+    assert len(scenario) == 1 and scenario[0]["cell_type"] == "code"
+    bound = _bound_names(source(scenario[0]))
+    assert SCENARIO_NAMES <= bound, SCENARIO_NAMES - bound
+    assert re.search(r'^SCENARIO = "sql"  #@param \[.*"dates".*\]$', source(scenario[0]), re.M), \
+        "the catalogue is picked with a form field, sql by default"
+
+
+def test_04_no_other_code_cell_names_the_default_scenario():
+    """sql, its data and its check live only in the my-scenario cell: every other cell reads MY_* names."""
+    default = re.compile(r"sql|SCHEMA|\bshop\b|customers", re.I)
+    for i, cell in enumerate(cells(NB04)):
+        if cell["cell_type"] == "code" and "my-scenario" not in cell["metadata"].get("tags", []):
+            assert not default.search(source(cell)), f"cell {i} names the default scenario: {source(cell)[:120]}"
+
+
+def test_04_scenario_names_are_bound_only_in_the_scenario_cell():
+    """Other cells may give the optional names a default before it, never the required ones."""
+    for cell in cells(NB04):
+        if cell["cell_type"] == "code" and "my-scenario" not in cell["metadata"].get("tags", []):
+            assert not SCENARIO_NAMES & _bound_names(source(cell)), source(cell)[:120]
+    code = [c for c in cells(NB04) if c["cell_type"] == "code"]
+    first_use = min(i for i, c in enumerate(code) if "MY_ROUTE" in source(c))
+    assert "my-scenario" in code[first_use]["metadata"].get("tags", [])
+
+
+def test_04_course_routes_cell_keeps_two_of_the_three():
+    cell, = _tagged(NB04, "course-routes")
+    m = re.search(r"^COURSE_ROUTES = (\[.*?\])", source(cell), re.M)
+    routes = json.loads(m.group(1).replace("'", '"'))
+    assert len(routes) == 2 and set(routes) <= {"json", "coding", "support"}
+    assert "names=COURSE_ROUTES" in source(cell), "only the kept course adapters are fetched (trained on a T4)"
+
+
+def test_04_training_loop_is_one_tagged_cell_with_the_form_field():
+    loop, = _tagged(NB04, "train-loop")
+    src = source(loop)
+    assert re.search(r'^TRAIN_STEPS = 30  #@param \{type:"integer"\}$', src, re.M)
+    assert src.count("TRAIN_STEPS = ") == 1 and "range(1, TRAIN_STEPS + 1)" in src
+    assert "fresh_adapter(model)" in src, "each run of the cell starts a fresh adapter"
+    assert ".float()" in src and "heldout_loss(" in src
+    assert sum("get_peft_model(" in source(c) for c in cells(NB04) if c["cell_type"] == "code") == 1

@@ -169,7 +169,7 @@ NOTEBOOK_RUNS = {
     "02": dict(adapters=NAMES, loads=3, write_gb=4.1 + 14.5, decode=3 * 64 + 3 * 4 * 32 + 80,
                small=0.5),  # 02's nf4 experiment on the embedded base: GGUF conversion + two small merges
     "03": dict(adapters=NAMES, loads=1, write_gb=0.0, decode=2 * 48 + 48 + 160 + 96),
-    "04": dict(adapters=NAMES, loads=1, write_gb=0.0, decode=48 + 48 + 96 + 96,
+    "04": dict(adapters=("json", "support"), loads=1, write_gb=0.0, decode=3 * 160 + 96,  # COURSE_ROUTES' default
                own=dict(steps=30, batch_size=8, tokens=58)),
 }
 NOTEBOOK_ADAPTERS = {key: run["adapters"] for key, run in NOTEBOOK_RUNS.items()}
