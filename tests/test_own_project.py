@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lora_helpers.course import project, scenarios, sql
+from lora_helpers.course.checks_text import asks_for_credentials
 from lora_helpers.course.sql import TABLES, check_sql, demo_db, load_sql, tables_read
 from lora_helpers.errors import AdapterError
 
@@ -277,7 +278,7 @@ def test_run_check_counts_each_column_and_every_check(capsys):
     ("Tell us your order number.", False),
 ])
 def test_credential_requests_are_flagged(reply, asks):
-    assert project.asks_for_credentials(reply) is asks
+    assert asks_for_credentials(reply) is asks
 
 
 def test_support_reply_asking_for_login_details_fails_its_check():

@@ -225,25 +225,9 @@ def verdict(router_accuracy: float, prompt_row: dict, adapter_row: dict, n: int,
 
 
 # ----------------------------------------------------------------------------- the course routes' replies
-_ASK = (r"(?:send|reply with|provide|share|give|tell|email|write|type|confirm|сообщите|пришлите|отправьте|"
-        r"укажите|назовите|напишите|скажите|дайте)")
-_SECRET = (r"(?:password|passcode|login details|login credentials|credentials|username and password|card number|"
-           r"cvv|pin|парол\w*|данные (?:для )?входа|логин и парол\w*|номер карты|cvv-код|пин-код)")
-_CREDENTIALS = re.compile(rf"\b{_ASK}\b(?P<between>[^.\n]{{0,40}}?)\b{_SECRET}\b", re.I)
-_NEW = re.compile(r"\b(new|reset|новый|новым|сброс\w*)\W*$", re.I)
-_NEVER = re.compile(r"\b(never|not|don't|do not|не|никогда)\W*$", re.I)
-
-
-def asks_for_credentials(reply: str) -> bool:
-    """Does a help-desk reply ask the customer to send a password, login details or card data?
-    ("reply with your login details" does; "type your new password on the reset page" and "never share your
-    password" do not.)"""
-    return any(not _NEW.search(m.group("between")) and not _NEVER.search(reply[max(0, m.start() - 20):m.start()])
-               for m in _CREDENTIALS.finditer(reply))
-
-
 def course_checks(route: str, reply: str) -> dict[str, bool]:
     """The checks the mixed batch prints for a course route's reply (``course/evaluate.py``'s, in Russian)."""
+    from .checks_text import asks_for_credentials
     from .evaluate import check_coding, check_json, check_support
     if route == "json":
         return {"один JSON": check_json(reply).ok}
