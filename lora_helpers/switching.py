@@ -23,6 +23,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 
 from .errors import AdapterError, AdapterNotFoundError, UntrainedAdapterWarning
+from .modes import recorded
 from .names import BASE, require_loaded
 
 _ADAPTER_MODULES = (BaseTunerLayer, AuxiliaryTrainingWrapper)  # what PEFT's own enable/disable walk reaches
@@ -218,11 +219,10 @@ class SwitchState:
     def __init__(self, model):
         self.top = model.active_adapter  # PeftModel's own name (its set_adapter sets it)
         self.tuner = _copy(model.base_model.active_adapter)  # the tuner's (a list after set_adapter([...]))
-        self.modes = [(m, m.training) for m in model.modules()]
         self.modules = [(m, _copy(m.active_adapter), m.disable_adapters)
-                        for m, _ in self.modes if isinstance(m, _ADAPTER_MODULES)]
+                        for m in model.modules() if isinstance(m, _ADAPTER_MODULES)]
         self.off = any(off for _, _, off in self.modules)
-        self.grads = [(p, p.requires_grad) for p in model.parameters()]
+        self.put_back = recorded(model, grads=True)  # each parameter's requires_grad, each module's mode
 
     def restore(self, model) -> None:
         loaded = model.peft_config
@@ -237,12 +237,7 @@ class SwitchState:
                 m.set_adapter(_copy(active), inference_mode=True)
             if m.disable_adapters != off:
                 m.enable_adapters(not off)
-        for p, grad in self.grads:
-            if p.requires_grad != grad:
-                p.requires_grad_(grad)
-        for m, flag in self.modes:  # parents before children: a parent's train() resets them, then they are fixed
-            if m.training != flag:
-                m.train(flag)
+        self.put_back()
 
 
 def _copy(active):
