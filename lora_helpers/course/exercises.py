@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import AdapterError
-from .._textfeatures import load_labelled
+from ..shipped import load_labelled
 from ..router import _pairs as router_pairs
 
 THRESHOLD = 0.8  # 15 of the 18 held-out prompts
