@@ -180,10 +180,11 @@ T4_LOAD_MINUTES = 1.0  # reading a ~4 GB 4-bit checkpoint from disk onto the GPU
 T4_WRITE_MB_S = 150  # Colab's disk, writing safetensors shards
 T4_DECODE_TOKENS_PER_S = 12  # greedy decoding of Mistral-7B in bitsandbytes nf4 on a T4, batch 1
 # CPU (the embedded SmolLM2, shipped with its adapters: nothing to download; 04 trains its own): measured,
-# minutes, with `nbconvert --execute` on 2 cores (01 134 s, 02 45 s of which ~9 s merging, 03 28 s, 04 112 s
-# of which 88 s training; 2026-12-06).
-CPU_MINUTES = {"01": dict(merge=0.0, total=2.3), "02": dict(merge=0.15, total=0.8),
-               "03": dict(merge=0.0, total=0.5), "04": dict(train=1.5, merge=0.0, total=1.9)}
+# minutes, with `nbconvert --execute` on 2 quiet cores, PEFT 0.22 / transformers 5.25 (2026-12-07: 01 88 s,
+# 02 57 s, 03 38 s; 04 203 s, of which 1.9 min training, its first 1.5 min beside another notebook run);
+# 02's merge ~9 s (2026-12-06).
+CPU_MINUTES = {"01": dict(merge=0.0, total=1.5), "02": dict(merge=0.15, total=1.0),
+               "03": dict(merge=0.0, total=0.6), "04": dict(train=1.9, merge=0.0, total=3.4)}
 
 
 def _key(notebook) -> str:
