@@ -144,4 +144,4 @@ colab-setup: $(COLAB_STAMP)
 # unit tests on exactly those versions: make test runs them on the newest releases (requirements-dev.txt).
 test-colab: $(COLAB_STAMP)
 	PYTHONPATH=$(CURDIR)/tests_colab/fake_colab $(COLAB_PY) -m pytest -q -p no:cacheprovider tests_colab
-	$(COLAB_PY) -m pytest -q -p no:cacheprovider tests -m "not real"
+	PYTHONPATH=$(CURDIR) $(COLAB_PY) -m pytest -q -p no:cacheprovider tests -m "not real"   # subprocesses import the checkout too (the install cell only puts it on sys.path)
