@@ -141,10 +141,23 @@ def _named(model, tok):
 
 def _finish(model, tok):
     model.eval()
+    _no_cpu_inference_layout(model)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return model, tok
+
+
+def _no_cpu_inference_layout(model) -> None:
+    """bitsandbytes (0.49+, CPUs with AVX512-BF16) repacks a 4-bit layer's weights for a faster inference kernel
+    on the layer's first no-grad forward in eval mode, and from then on computes it through that kernel, which
+    passes no gradient: an adapter trained after any generation or evaluation (04's own loop evaluates between
+    steps) does not learn at all. A GPU has no such layout. The switch bitsandbytes reads for it is turned off
+    here, so a 4-bit base on the CPU computes as on a T4. (``train`` also undoes a repack done before it, in a
+    model loaded elsewhere.)"""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _load_folder(folder: Path, device: str, dtype, **kw):

@@ -13,15 +13,21 @@ import torch
 
 
 class _DropKernelHubNotice(logging.Filter):
-    """bitsandbytes >= 0.50 logs this on CPUs with AVX512-BF16 when the optional `kernels` package is absent,
-    then uses its built-in kernel: nothing for a learner to act on. Other bitsandbytes warnings pass."""
+    """bitsandbytes >= 0.50, on CPUs with AVX512-BF16, tries at import to fetch a faster CPU kernel from the Hub
+    through the `kernels` package (which transformers >= 5.2x installs), and uses its built-in kernel when that
+    fails: offline, or the publisher's trust unverified. Both libraries log it; nothing for a learner to act on.
+    Every other warning of theirs passes."""
+
+    NOTICES = ("Failed to load CPU gemm_4bit_forward from kernels-community",
+               "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+        return not str(record.msg).startswith(self.NOTICES)
 
 
-# installed before anything imports peft (which imports bitsandbytes)
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelHubNotice())
+# installed before anything imports peft (which imports bitsandbytes); a filter acts on its own logger only
+for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+    logging.getLogger(_name).addFilter(_DropKernelHubNotice())
 
 # Warnings other libraries give about each other, which a learner can do nothing about: (category, message,
 # module that warns). PEFT 0.20-0.21 reads transformers 5's deprecated ``is_gradient_checkpointing`` in every
