@@ -106,6 +106,42 @@ def test_demo_qlora_training(guard):
     assert lh.generate(model, tok, "Name?", max_new_tokens=SHORT).strip()
 
 
+def _04s_training_cells(tmp_path) -> list[str]:
+    """Notebook 04's own training code as it holds it (a copy with TRAIN_STEPS=3): the cells tagged
+    `train-setup` (fresh_adapter; encode, batch_loss, heldout_loss) and the loop tagged `train-loop`."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from notebooks_for_base import prepare
+
+    [copy] = prepare(tmp_path, {"TRAIN_STEPS": 3}, names=("04_own_router_project.ipynb",))
+    cells = json.loads(copy.read_text())["cells"]
+    picked = [(tag, "".join(c["source"])) for c in cells for tag in ("train-setup", "train-loop")
+              if tag in c["metadata"].get("tags", [])]
+    assert [tag for tag, _ in picked] == ["train-setup", "train-setup", "train-loop"]
+    return [src for _, src in picked]
+
+
+def test_04s_own_loop_learns_at_fp16(tmp_path, guard):
+    """04's own PEFT loop, run from the notebook's cells on the fp16 base: 3 steps on two short pairs (one batch,
+    so each step sees both) give finite loss that falls, on the pairs and on the held-out check between steps
+    (evaluations in eval mode, as in 04, must not stop the learning); the LoRA weights are fp32."""
+    base, tok = lh.load_base(PRESET)
+    pairs = [{"prompt": "Name?", "reply": '{"name": "Ivan"}'}, {"prompt": "City?", "reply": '{"city": "Omsk"}'}]
+    ns = {"model": base, "tok": tok, "lh": lh, "MY_ROUTE": "mine", "MY_TRAIN_PAIRS": pairs,
+          "MY_TEST_PAIRS": pairs[:1]}
+    for src in _04s_training_cells(tmp_path):
+        exec(compile(src, "<04>", "exec"), ns)
+    losses, heldout = ns["losses"], [loss for _, loss in ns["heldout_losses"]]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses + heldout)
+    assert losses[-1] < losses[0] and heldout[-1] < heldout[0], (losses, heldout)
+    model = ns["model"]
+    assert {p.dtype for n, p in model.named_parameters() if ".mine." in n} == {torch.float32}
+    assert lh.active_adapter(model) == "mine"
+
+
 def test_vllm_serves_the_fp16_preset_as_load_base_loads_it():
     from lora_helpers.embedded import embedded_folder
     from lora_helpers.serve import vllm_command
