@@ -18,7 +18,6 @@ MISTRAL_NAME = "mistralai/Mistral-7B-Instruct-v0.3"  # the official, gated repos
 MISTRAL_4BIT = "unsloth/mistral-7b-instruct-v0.3-bnb-4bit"
 
 
-
 @dataclass(frozen=True)
 class Preset:
     """A named base. One entry answers both :func:`load_base` and ``serve.vllm_command``: adding a preset is
@@ -200,13 +199,18 @@ def _with_template(model, tok, folder: Path):
     return model, tok
 
 
-def _load_hub(repo: str, device: str, dtype, token, **kw):
-    """Hub model ``repo``, downloaded under the package's Hub policy (hub.download_base), then loaded."""
+def _from_hub(repo: str, token, load):
+    """Hub model ``repo``, downloaded under the package's Hub policy (hub.download_base), then ``load(folder)``;
+    named by its Hub id, not the cache folder: adapters record it as their base."""
     from . import hub
 
-    model, tok = _load_folder(hub.download_base(repo, token), device, dtype, **kw)
-    model.name_or_path = model.config.name_or_path = repo  # the Hub id, not the cache folder: adapters record it
+    model, tok = load(hub.download_base(repo, token))
+    model.name_or_path = model.config.name_or_path = repo
     return model, tok
+
+
+def _load_hub(repo: str, device: str, dtype, token, **kw):
+    return _from_hub(repo, token, lambda folder: _load_folder(folder, device, dtype, **kw))
 
 
 def gpu_half():
@@ -238,13 +242,8 @@ def load_4bit(source: str, device: str, token: str | None = None, compute: torch
     """The one 4-bit path: ``source`` (a folder or a Hub id) quantized to nf4 by bitsandbytes on ``device``,
     computing in ``compute`` (default: the device's, see :func:`_bnb_config`)."""
     if not Path(source).is_dir():  # checked, downloaded (a Hub failure says so before any GPU check), then loaded
-        from . import hub
-
         _require_bitsandbytes()  # before a multi-GB download, not after it
-
-        model, tok = load_4bit(str(hub.download_base(source, token)), device, compute=compute)
-        model.name_or_path = model.config.name_or_path = source  # the Hub id: adapters record it as their base
-        return model, tok
+        return _from_hub(source, token, lambda folder: load_4bit(str(folder), device, compute=compute))
     config = _bnb_config(device, compute)
     dtype = config.bnb_4bit_compute_dtype  # the layers that stay unquantized (embeddings, norms, lm_head) too
     kw = {"quantization_config": config, "device_map": {"": device}}

@@ -71,20 +71,24 @@ def free_disk(path) -> int:
     return shutil.disk_usage(p).free
 
 
+def _size(n: int) -> str:
+    """Bytes for a message: GiB with one decimal, MiB below 1 GiB (a small adapter is not "~0.0 GiB")."""
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
 def require(what: str, *, ram: int = 0, gpu: int = 0, disk: int = 0, path=".", error=AdapterError) -> None:
     """Raise ``error`` naming the numbers when RAM, GPU memory or disk at ``path`` is short for ``what``."""
     short = []
     have = free_ram()
     if ram and have is not None and have < ram:
-        short.append(f"RAM: needs ~{ram / GIB:.1f} GiB, {have / GIB:.1f} GiB available")
+        short.append(f"RAM: needs ~{_size(ram)}, {_size(have)} available")
     have = free_gpu()
     if gpu and (have is None or have < gpu):
-        short.append(f"GPU memory: needs ~{gpu / GIB:.1f} GiB, "
-                     + ("no CUDA GPU" if have is None else f"{have / GIB:.1f} GiB free"))
+        short.append(f"GPU memory: needs ~{_size(gpu)}, " + ("no CUDA GPU" if have is None else f"{_size(have)} free"))
     if disk:
         have = free_disk(path)
         if have < disk:
-            short.append(f"disk at {path}: needs ~{disk / GIB:.2f} GiB, {have / GIB:.2f} GiB free")
+            short.append(f"disk at {path}: needs ~{_size(disk)}, {_size(have)} free")
     if short:
         raise error(f"Not enough resources to {what}: " + "; ".join(short) + ". Nothing was started. "
                     "Free memory (del unused models, restart the runtime) or disk, or pick a smaller base.")

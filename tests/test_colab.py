@@ -61,6 +61,9 @@ def test_require_names_the_numbers(monkeypatch, tmp_path):
         colab.require("load Mistral-7B", gpu=5 * colab.GIB)
     with pytest.raises(lh.AdapterError, match="disk at"):
         colab.require("save", disk=colab.free_disk(tmp_path) * 2, path=tmp_path / "not-yet")
+    monkeypatch.setattr(colab, "free_disk", lambda path: 3 * 2**20)  # small sizes in MiB, not "~0.00 GiB"
+    with pytest.raises(lh.AdapterError, match=r"disk at .*: needs ~16\.0 MiB, 3\.0 MiB free"):
+        colab.require("save an adapter", disk=16 * 2**20)
 
 
 def test_demo_adapters_for_a_new_base_are_trained_once(monkeypatch, tmp_path, tiny_model, tiny_tokenizer, capsys):
