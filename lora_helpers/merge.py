@@ -35,9 +35,10 @@ PROBE = "Return the user as JSON: name Anna, city Kazan. Напиши функц
 # Default max |logits(merged) - logits(base + adapter)| by saved dtype: tight for fp32; for fp16/bf16 it
 # allows their rounding (SmolLM2-135M: fp16 ~0.04-0.11, bf16 ~0.3-1.1) yet catches a missing adapter.
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 0.25, torch.bfloat16: 2.0}
-# For a 4-bit base the reference itself is approximate: bitsandbytes' kernels compute in bf16/fp16 (also
-# on the CPU). SmolLM2-135M nf4 + the shipped adapters, merged in fp32: 0.61-0.96, while an adapter moves
-# the logits by 10.9-28.7 (`make bench`: lora_helpers.course.bench_merge; README "Merging a 4-bit base").
+# For a 4-bit base the reference itself is approximate: on a GPU bitsandbytes computes in fp16/bf16, and the
+# merged weights are saved in that dtype. On the CPU (fp32, bitsandbytes' bf16 inference kernel off, see
+# base._no_cpu_inference_layout) SmolLM2-135M nf4 + the shipped adapters merge to within 0.00, while an adapter
+# moves the logits by 10.8-28.5 (`make bench`: lora_helpers.course.bench_merge; README "Merging a 4-bit base").
 TOLERANCE_4BIT = 2.0
 VERIFY = (True, False, "auto", "logits", "tensors")
 SAMPLED_LAYERS = 8  # LoRA layers re-read and checked against W + s·B·A when the logits check does not fit

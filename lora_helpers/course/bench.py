@@ -137,6 +137,10 @@ def bench_scale(counts=(1, 4, 16, 64), r: int = 16, repeat: int = 20) -> list[di
             model.add_adapter(f"a{have}", LoraConfig(**cfg))
             have += 1
         names = [f"a{i}" for i in range(min(n, 4))]
+        # switching serves inference: every module in eval mode, as load_adapters leaves a model (get_peft_model
+        # and add_adapter leave the new layers in train mode, where switch also pays PEFT's enable_adapter_layers
+        # on releases without its shortcuts)
+        model.eval()
         sw = bench_switch(model, names, repeat=repeat)
         rows.append({"n": n, "bytes": tensor_bytes(model), "merged_copies_bytes": n * base_bytes, **sw})
     return rows
