@@ -37,7 +37,7 @@ PROBE = "Return the user as JSON: name Anna, city Kazan. Напиши функц
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 0.25, torch.bfloat16: 2.0}
 # For a 4-bit base the reference itself is approximate: on a GPU bitsandbytes computes in fp16/bf16, and the
 # merged weights are saved in that dtype. On the CPU (fp32, bitsandbytes' bf16 inference kernel off, see
-# base._no_cpu_inference_layout) SmolLM2-135M nf4 + the shipped adapters merge to within 0.00, while an adapter
+# base._no_cpu_inference_layout), SmolLM2-135M nf4 merged with each shipped adapter agrees to 0.00; an adapter
 # moves the logits by 10.8-28.5 (`make bench`: lora_helpers.course.bench_merge; README "Merging a 4-bit base").
 TOLERANCE_4BIT = 2.0
 VERIFY = (True, False, "auto", "logits", "tensors")
