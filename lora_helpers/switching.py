@@ -219,8 +219,7 @@ class SwitchState:
     def __init__(self, model):
         self.top = model.active_adapter  # PeftModel's own name (its set_adapter sets it)
         self.tuner = _copy(model.base_model.active_adapter)  # the tuner's (a list after set_adapter([...]))
-        self.modules = [(m, _copy(m.active_adapter), m.disable_adapters)
-                        for m in model.modules() if isinstance(m, _ADAPTER_MODULES)]
+        self.modules = [(m, _copy(m.active_adapter), m.disable_adapters) for m in _adapter_modules(model)]
         self.off = any(off for _, _, off in self.modules)
         self.put_back = recorded(model, grads=True)  # each parameter's requires_grad, each module's mode
 

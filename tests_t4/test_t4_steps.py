@@ -110,11 +110,8 @@ def _04s_training_cells(tmp_path) -> list[str]:
     """Notebook 04's own training code as it holds it (a copy with TRAIN_STEPS=3): the cells tagged
     `train-setup` (fresh_adapter; encode, batch_loss, heldout_loss) and the loop tagged `train-loop`."""
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-    from notebooks_for_base import prepare
+    from run_notebooks import prepare  # tools/notebooks_for_base.py, on the path run_notebooks sets
 
     [copy] = prepare(tmp_path, {"TRAIN_STEPS": 3}, names=("04_own_router_project.ipynb",))
     cells = json.loads(copy.read_text())["cells"]
