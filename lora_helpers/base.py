@@ -152,11 +152,19 @@ def _no_cpu_inference_layout(model) -> None:
     on the layer's first no-grad forward in eval mode, and from then on computes it through that kernel, which
     passes no gradient: an adapter trained after any generation or evaluation (04's own loop evaluates between
     steps) does not learn at all. A GPU has no such layout. The switch bitsandbytes reads for it is turned off
-    here, so a 4-bit base on the CPU computes as on a T4. (``train`` also undoes a repack done before it, in a
-    model loaded elsewhere.)"""
+    here, so a 4-bit base on the CPU computes as on a T4 (:func:`_unpack_cpu_4bit` undoes a repack already done)."""
     for module in model.modules():
         if getattr(module, "support_avx512bf16_for_cpu", False):
             module.support_avx512bf16_for_cpu = False
+
+
+def _unpack_cpu_4bit(model) -> None:
+    """Put back the plain 4-bit layout of every layer bitsandbytes repacked for its CPU inference kernel
+    (:func:`_no_cpu_inference_layout`), in a model not loaded by :func:`load_base`: bitsandbytes' own
+    ``state_dict()`` of such a layer restores it. ``train_adapter`` calls it before training."""
+    for module in model.modules():
+        if getattr(getattr(getattr(module, "weight", None), "quant_state", None), "packing_format_for_cpu", False):
+            module.state_dict()
 
 
 def _load_folder(folder: Path, device: str, dtype, **kw):

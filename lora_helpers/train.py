@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .base import is_quantized
+from .base import _unpack_cpu_4bit, is_quantized
 from .errors import AdapterError, PromptError
 from .generate import chat_text, pad_id
 from .modes import eval_mode, kept_modes
@@ -126,15 +126,6 @@ def _batches(rows, batch_size: int, steps: int, seed: int):
         yield [rows[i] for i in order[s * batch_size:(s + 1) * batch_size]]
 
 
-def _unpack_cpu_4bit(model) -> None:
-    """bitsandbytes (0.49+, CPUs with AVX512-BF16) repacks 4-bit weights for its inference kernel on the first
-    no-grad forward, and keeps using that kernel, which passes no gradient: an adapter trained after any
-    generation would not learn. bitsandbytes' own ``state_dict()`` of such a layer restores the plain layout."""
-    for module in model.modules():
-        if getattr(getattr(getattr(module, "weight", None), "quant_state", None), "packing_format_for_cpu", False):
-            module.state_dict()
-
-
 def _attach(model, name: str, config):
     """Add a new adapter ``name``: to an existing PeftModel, or wrap a plain (maybe 4-bit) base."""
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -186,7 +177,7 @@ def train_adapter(model, tokenizer, examples, name: str, r: int = 8, alpha: int 
     given = model
     with kept_modes(given, training=True, grads=True):  # PEFT freezes every base weight; put the user's back
         model = _attach(given, name, config)
-        _unpack_cpu_4bit(model)
+        _unpack_cpu_4bit(model)  # a model loaded elsewhere may have been repacked by a generation
         losses, seconds = _train(model, name, rows, pad, steps, lr, batch_size, seed, warmup, progress)
     if model is not given:  # a plain base was wrapped: the new wrappers take its flag
         model.training = model.base_model.training = given.training
